@@ -1,0 +1,115 @@
+"""The Hydra task: one config in, one MLflow run out.
+
+Order matters: everything that can be refused (config, dataset) is refused before a run exists;
+once the run is open, every outcome is recorded in it, with the log and whatever outputs exist.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from train import offline
+from train.cli import exit_bad_input
+from train.config import CONF_DIR, ConfigError, register_schema, to_container, validate
+from train.console import ConsoleTee
+from train.data import DatasetError, prepare
+
+EXIT_TRAINING_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+register_schema()
+
+
+def _run_tags(config: Mapping[str, Any], device: str, gpu_available: bool, overrides: str) -> Dict[str, str]:
+    return {
+        **config["mlflow"]["tags"],
+        "dataset": config["data"]["name"],
+        "weights": config["model"]["weights"] or "none (trained from scratch)",
+        "device": device,
+        "gpu_available": str(gpu_available).lower(),
+        "hydra_overrides": overrides,
+    }
+
+
+def _upload_outputs(save_dir: Path, log_path: Path, out_dir: Path) -> None:
+    import mlflow
+
+    if log_path.is_file():
+        mlflow.log_artifact(str(log_path), "logs")
+    if save_dir.is_dir():
+        mlflow.log_artifacts(str(save_dir), "training-output")
+    mlflow.log_artifacts(str(out_dir / ".hydra"), "config/hydra")
+
+
+def _print_where_to_look(tracking_uri: str, run, status: str) -> None:
+    from train.tracking.run import run_url
+
+    print(f"MLflow run {run.info.run_id} ended {status}: {run_url(tracking_uri, run)}")
+    if tracking_uri.startswith("sqlite:"):
+        print(f"Open it with: mlflow ui --backend-store-uri {tracking_uri}")
+
+
+def train_and_track(cfg: DictConfig) -> Optional[float]:
+    config = to_container(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    cache_dir = Path(config["paths"]["cache_dir"])
+    try:
+        validate(cfg)
+        data_yaml = prepare(cfg.data, cache_dir, out_dir)
+    except (ConfigError, DatasetError) as error:
+        exit_bad_input(error)  # type: ignore[arg-type]
+
+    offline.apply(cache_dir)
+    import mlflow  # noqa: F401  (after the offline switches: mlflow imports matplotlib lazily, yolov5 eagerly)
+    import torch
+
+    from train import yolo
+    from train.tracking.hooks import MlflowHooks
+    from train.tracking.run import active_run, all_params, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(config["mlflow"]["tracking_uri"])
+    device = yolo.resolve_device(config["train"]["device"])
+    tags = _run_tags(config, device, torch.cuda.is_available(), " ".join(HydraConfig.get().overrides.task))
+    opt = yolo.build_opt(config, data_yaml, out_dir)
+    log_path = out_dir / "train.log"
+    status = "FINISHED"
+    try:
+        with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags) as run:
+            print(f"MLflow run {run.info.run_id} in experiment {run.info.experiment_id} at {tracking_uri}")
+            mlflow.log_params(all_params(config))
+            mlflow.log_dict(config, "config/config.yaml")
+            hooks = MlflowHooks(run.info.run_id, yolo.save_dir(out_dir))
+            try:
+                with ConsoleTee(log_path):
+                    try:
+                        yolo.train(opt, hooks)
+                    except BaseException:
+                        traceback.print_exc()  # into train.log, which is uploaded below
+                        raise
+            finally:
+                hooks.flush()
+                _upload_outputs(yolo.save_dir(out_dir), log_path, out_dir)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("error: training interrupted; the run is recorded as KILLED", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        status = "FAILED"
+        print(f"error: training failed: {type(exc).__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
+        sys.exit(EXIT_TRAINING_FAILED)
+    finally:
+        if "run" in locals():
+            _print_where_to_look(tracking_uri, run, status)
+    return hooks.last_metrics.get("metrics/mAP_0.5_0.95")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> Optional[float]:
+    return train_and_track(cfg)

@@ -1,0 +1,76 @@
+"""`python -m train [overrides]`: refuse a bad config in one line, then hand over to Hydra.
+
+Hydra reports composition errors over many lines and exits 1, after nothing is created but
+also without naming the key plainly. So a single run is composed here first (Hydra's Compose
+API, same conf/ and overrides) and checked; only a config that passes reaches `hydra.main`.
+Multirun sweeps are checked per trial, inside the task function.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from train.config import CONF_DIR, ConfigError, register_schema, to_container, validate
+
+EXIT_BAD_INPUT = 2
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _describe(exc: Exception) -> str:
+    """One line naming the key at fault, from Hydra's and OmegaConf's multi-line errors."""
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
+        group, option = exc.missing_cfg_file.rsplit("/", 1)
+        choices = ", ".join(exc.options or [])
+        return f"{group}: no option {option!r} (choose one of: {choices})"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {_first_line(getattr(cause, 'msg', '') or str(cause))}"
+    return _first_line(str(exc))
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """conf/ composed with `overrides` and checked; raises ConfigError with a one-line reason."""
+    register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides))
+        to_container(cfg)  # resolves every interpolation, so a bad one fails here and not mid-run
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_describe(exc)) from exc
+    validate(cfg)
+    return cfg
+
+
+def exit_bad_input(error: ConfigError) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _overrides(argv: Sequence[str]) -> List[str]:
+    return [a for a in argv if not a.startswith("-")]
+
+
+def _is_single_run(argv: Sequence[str]) -> bool:
+    # Flags like --help, --cfg or --info make Hydra print instead of run; -m sweeps are checked per trial.
+    return not any(a.startswith("-") for a in argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _is_single_run(argv):
+        try:
+            compose_config(_overrides(argv))
+        except ConfigError as error:
+            exit_bad_input(error)
+    from train.app import hydra_main  # heavy imports only once the config is known to be good
+
+    hydra_main()

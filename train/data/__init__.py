@@ -1,0 +1,51 @@
+"""Datasets in coco128 layout, made ready for YOLOv5: `prepare` returns the data yaml to train on."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Dict
+
+import yaml
+from omegaconf import DictConfig
+
+from train.data import coco128, synthetic
+from train.data.errors import DatasetError
+
+__all__ = ["DatasetError", "prepare"]
+
+
+def _coco_names() -> Dict[int, str]:
+    # The 80 class names, from the data yaml the yolov5 package ships (found without importing yolov5).
+    package = Path(importlib.util.find_spec("yolov5").submodule_search_locations[0])  # type: ignore[union-attr,index]
+    return yaml.safe_load((package / "data" / "coco128.yaml").read_text())["names"]
+
+
+def _layout(data: DictConfig, datasets_dir: Path) -> Dict[str, object]:
+    if data.name == "synthetic":
+        if data.root is None:
+            spec = synthetic.SyntheticSpec(**data.synthetic)
+            root = synthetic.generate(spec, datasets_dir)
+        else:
+            root = Path(data.root)
+        names = dict(enumerate(synthetic.CLASS_NAMES))
+        return {"path": str(root), "train": "images/train", "val": "images/val", "names": names}
+    root = coco128.locate(data.root, data.download_url, data.download_timeout_s, datasets_dir)
+    # coco128 has no separate validation split: YOLOv5's own coco128.yaml validates on train2017 too.
+    return {"path": str(root), "train": str(coco128.IMAGES), "val": str(coco128.IMAGES), "names": _coco_names()}
+
+
+def prepare(data: DictConfig, cache_dir: Path, out_dir: Path) -> Path:
+    """Find or make the dataset, and write the YOLOv5 data yaml for it into `out_dir`.
+
+    The yaml never has a `download:` key, so YOLOv5 itself never reaches for the network.
+    """
+    layout = _layout(data, cache_dir / "datasets")
+    for split in ("train", "val"):
+        folder = Path(layout["path"]) / layout[split]  # type: ignore[operator]
+        if not folder.is_dir():
+            raise DatasetError(f"data.root: {layout['path']} has no {layout[split]} folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_yaml = out_dir / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump(layout, sort_keys=False))
+    return data_yaml

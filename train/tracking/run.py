@@ -1,0 +1,67 @@
+"""Opening, describing and closing the MLflow run that records one training.
+
+The run is a context manager whose exit decides the end state: FINISHED when the body returns,
+KILLED on an interrupt, FAILED on anything else. Nothing of ours leaves a run RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from train.tracking.names import flatten
+
+EMBEDDED_DB = "mlflow.db"
+
+
+def embedded_tracking_uri(folder: Path) -> str:
+    return f"sqlite:///{(folder / EMBEDDED_DB).resolve()}"
+
+
+def resolve_tracking_uri(configured: Optional[str]) -> str:
+    """The config's URI, else MLFLOW_TRACKING_URI (already folded into the config), else a local SQLite file."""
+    return configured or embedded_tracking_uri(Path.cwd())
+
+
+def legacy_params(config: Mapping[str, Any]) -> Dict[str, str]:
+    """The flat names train_wrapper.py logged; dashboards and queries still use them."""
+    return {
+        "epochs": str(config["train"]["epochs"]),
+        "imgsz": str(config["train"]["imgsz"]),
+        "batch": str(config["train"]["batch"]),
+        "dataset": config["data"]["name"],
+        "weights": config["model"]["weights"],
+        "device": config["train"]["device"],
+    }
+
+
+def all_params(config: Mapping[str, Any]) -> Dict[str, str]:
+    return {**flatten(config), **legacy_params(config)}
+
+
+@contextmanager
+def active_run(tracking_uri: str, experiment_name: str, run_name: str,
+               tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """A new run, or the one named by MLFLOW_RUN_ID (as `mlflow run` and Kubernetes Jobs set it)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    existing = os.environ.get("MLFLOW_RUN_ID")
+    if not existing:
+        mlflow.set_experiment(experiment_name)
+    run = mlflow.start_run(run_id=existing or None, run_name=None if existing else run_name, tags=dict(tags))
+    try:
+        yield run
+    except BaseException as exc:
+        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+        mlflow.end_run(RunStatus.to_string(status))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def run_url(tracking_uri: str, run: mlflow.ActiveRun) -> str:
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

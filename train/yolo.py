@@ -1,0 +1,80 @@
+"""YOLOv5's own train.py, driven in-process from the config, with our event hooks attached.
+
+In-process rather than as a subprocess, so hooks see every epoch as it ends. `yolov5.train.main`
+is called with a fresh Callbacks object each time: `yolov5.train.run` would reuse a module-level
+one and carry one run's loggers into the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import yaml
+
+
+def yolov5_package_dir() -> Path:
+    # Found without importing: `import yolov5` pulls in ultralytics, which the offline switches must precede.
+    return Path(importlib.util.find_spec("yolov5").submodule_search_locations[0])  # type: ignore[union-attr,index]
+
+
+def model_yaml(cfg: str) -> Path:
+    """An absolute path as given, else a yaml shipped in yolov5/models/."""
+    path = Path(cfg)
+    return path if path.is_absolute() else yolov5_package_dir() / "models" / cfg
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return device if device in ("cpu", "mps") or device.startswith("cuda") else f"cuda:{device}"
+
+
+def _default_opt() -> argparse.Namespace:
+    from yolov5 import train as yolov5_train
+
+    argv, sys.argv = sys.argv, sys.argv[:1]  # parse_opt reads the host's argv: Hydra's overrides are not its flags
+    try:
+        return yolov5_train.parse_opt(known=True)
+    finally:
+        sys.argv = argv
+
+
+def build_opt(config: Mapping[str, Any], data_yaml: Path, out_dir: Path) -> argparse.Namespace:
+    """train.py's options from the resolved config; YOLOv5 writes its run dir to out_dir/yolov5."""
+    t, m = config["train"], config["model"]
+    hyp_yaml = out_dir / "hyp.yaml"
+    hyp_yaml.write_text(yaml.safe_dump(dict(config["hyp"]), sort_keys=False))
+    opt = _default_opt()
+    overrides: Dict[str, Any] = {
+        "weights": m["weights"], "cfg": str(model_yaml(m["cfg"])), "data": str(data_yaml), "hyp": str(hyp_yaml),
+        "epochs": t["epochs"], "batch_size": t["batch"], "imgsz": t["imgsz"], "device": t["device"],
+        "workers": t["workers"], "seed": t["seed"], "optimizer": t["optimizer"], "cos_lr": t["cos_lr"],
+        "label_smoothing": t["label_smoothing"], "patience": t["patience"], "cache": t["cache"], "rect": t["rect"],
+        "single_cls": t["single_cls"], "noval": t["noval"], "noplots": t["noplots"],
+        "project": str(out_dir), "name": "yolov5", "exist_ok": True,
+    }
+    for key, value in overrides.items():
+        setattr(opt, key, value)
+    return opt
+
+
+def save_dir(out_dir: Path) -> Path:
+    return out_dir / "yolov5"
+
+
+def train(opt: argparse.Namespace, hooks) -> None:
+    from yolov5 import train as yolov5_train
+    from yolov5.utils.callbacks import Callbacks
+
+    # YOLOv5 7.0.14 calls the deprecated torch.cuda.amp.autocast every batch: one warning per step drowns the log.
+    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
+    callbacks = Callbacks()
+    hooks.register(callbacks)
+    yolov5_train.main(opt, callbacks=callbacks)
