@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the test suite drives for real; installed only when missing.
+set -euo pipefail
+
+packages=()
+command -v chromium >/dev/null || packages+=(chromium)  # the MLflow UI test renders the run page
+
+[ ${#packages[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${packages[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null

@@ -1,0 +1,161 @@
+"""Real servers for the tests, started here and stopped at the end of the session.
+
+moto's standalone S3 server stands where MinIO stands in the cluster (no MinIO binary is
+reachable here); in front of it a real `mlflow server` with a SQLite backend proxies artifacts
+(`--serve-artifacts --artifacts-destination s3://mlflow`), as deploy/ runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+BUCKET = "mlflow"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} not up after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def start(command: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
+    # A session of its own: mlflow server forks uvicorn workers, all stopped together by stop().
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@dataclass
+class TrackingServer:
+    uri: str
+    s3_endpoint: str
+    log: Path
+
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_credentials())
+
+    def bucket_keys(self, prefix: str) -> List[str]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def run_ids(self) -> List[str]:
+        client = self.client()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        return [r.info.run_id for r in client.search_runs(experiments, max_results=10000)]
+
+
+def _boto_credentials() -> Dict[str, str]:
+    return {"aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"]}
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory) -> Iterator[TrackingServer]:
+    workdir = tmp_path_factory.mktemp("tracking")
+    base_env = {**os.environ, **S3_CREDENTIALS}
+    s3_port = free_port()
+    s3_log = workdir / "moto.log"
+    s3 = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], base_env, s3_log)
+    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    server = None
+    try:
+        wait_until_up(f"{s3_endpoint}/moto-api/", s3, s3_log)
+        import boto3
+
+        boto3.client("s3", endpoint_url=s3_endpoint, **_boto_credentials()).create_bucket(Bucket=BUCKET)
+        port = free_port()
+        log = workdir / "mlflow-server.log"
+        # Only the server knows the S3 endpoint and credentials; clients need just the tracking URI.
+        server_env = {**base_env, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+        server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+                        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2"],
+                       server_env, log)
+        uri = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{uri}/health", server, log)
+        yield TrackingServer(uri=uri, s3_endpoint=s3_endpoint, log=log)
+    finally:
+        if server is not None:
+            stop(server)
+        stop(s3)
+
+
+def client_env(**extra: str) -> Dict[str, str]:
+    """The environment of a training process: no S3 credentials (the server proxies artifacts)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "AWS_")) and k not in ("HYDRA_FULL_ERROR",)}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+# Small and fast: a couple of seconds per epoch on two CPU cores.
+TINY = ["data.synthetic.train_images=32", "data.synthetic.val_images=16", "train.imgsz=64",
+        "train.batch=8", "train.workers=0"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One dataset cache for the session, so each synthetic dataset is generated once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def train_cli(cwd: Path, cache_dir: Path, overrides: List[str], env: Dict[str, str] | None = None,
+              timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m train` as a user runs it, in a working folder of its own."""
+    full_env = {"YOLOV5_MLFLOW_CACHE": str(cache_dir), **(env or client_env())}
+    return subprocess.run([sys.executable, "-m", "train", *overrides], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def train(tmp_path, cache_dir):
+    """train(*overrides, env=...) -> CompletedProcess, run in this test's tmp_path."""
+    return lambda *overrides, **kw: train_cli(tmp_path, cache_dir, list(overrides), **kw)
