@@ -19,9 +19,9 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
 	touch $@
 
-## demo: train a few epochs on the synthetic data, tracked to ./mlflow.db, and say where to look
+## demo: train 10 epochs on the synthetic data, tracked to ./mlflow.db, and say where to look
 demo: $(VENV)/.runtime
-	$(BIN)/python -m train train.epochs=5
+	$(BIN)/python -m train train.epochs=10
 
 ## test: the whole suite, with the real servers and browser it starts itself
 test: $(VENV)/.dev system-deps

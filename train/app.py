@@ -48,66 +48,82 @@ def _upload_outputs(save_dir: Path, log_path: Path, out_dir: Path) -> None:
     mlflow.log_artifacts(str(out_dir / ".hydra"), "config/hydra")
 
 
-def _print_where_to_look(tracking_uri: str, run, status: str) -> None:
+def _print_where_to_look(tracking_uri: str, status: str) -> None:
+    import mlflow
+
     from train.tracking.run import run_url
 
-    print(f"MLflow run {run.info.run_id} ended {status}: {run_url(tracking_uri, run)}")
+    run = mlflow.last_active_run()
+    if run is None:
+        return
+    print(f"MLflow run {run.info.run_id} ended {status}: {run_url(tracking_uri, run.info)}")
     if tracking_uri.startswith("sqlite:"):
         print(f"Open it with: mlflow ui --backend-store-uri {tracking_uri}")
+
+
+def _prepare_or_refuse(cfg: DictConfig, cache_dir: Path, out_dir: Path) -> Path:
+    """The data yaml to train on; bad input ends the process here, before any run exists."""
+    try:
+        validate(cfg)  # again: a multirun trial's config never went through the command-line check
+        return prepare(cfg.data, cache_dir, out_dir)
+    except (ConfigError, DatasetError) as error:
+        exit_bad_input(error)  # type: ignore[arg-type]
+        raise  # unreachable: exit_bad_input exits
+
+
+def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tracking_uri: str) -> Dict[str, float]:
+    import mlflow
+    import torch
+
+    from train import yolo
+    from train.tracking.hooks import MlflowHooks
+    from train.tracking.run import active_run, all_params
+
+    device = yolo.resolve_device(config["train"]["device"])
+    tags = _run_tags(config, device, torch.cuda.is_available(), " ".join(HydraConfig.get().overrides.task))
+    opt = yolo.build_opt(config, data_yaml, out_dir)
+    log_path = out_dir / "train.log"
+    with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags) as run:
+        mlflow.log_params(all_params(config))
+        mlflow.log_dict(config, "config/config.yaml")
+        hooks = MlflowHooks(run.info.run_id, yolo.save_dir(out_dir))
+        try:
+            with ConsoleTee(log_path):
+                print(f"MLflow run {run.info.run_id} in experiment {run.info.experiment_id} at {tracking_uri}")
+                try:
+                    yolo.train(opt, hooks)
+                except BaseException:
+                    traceback.print_exc()  # into train.log, which is uploaded below
+                    raise
+        finally:
+            hooks.flush()
+            _upload_outputs(yolo.save_dir(out_dir), log_path, out_dir)
+    return hooks.last_metrics
 
 
 def train_and_track(cfg: DictConfig) -> Optional[float]:
     config = to_container(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     cache_dir = Path(config["paths"]["cache_dir"])
-    try:
-        validate(cfg)
-        data_yaml = prepare(cfg.data, cache_dir, out_dir)
-    except (ConfigError, DatasetError) as error:
-        exit_bad_input(error)  # type: ignore[arg-type]
+    data_yaml = _prepare_or_refuse(cfg, cache_dir, out_dir)
+    offline.apply(cache_dir)  # before anything below imports yolov5
 
-    offline.apply(cache_dir)
-    import mlflow  # noqa: F401  (after the offline switches: mlflow imports matplotlib lazily, yolov5 eagerly)
-    import torch
-
-    from train import yolo
-    from train.tracking.hooks import MlflowHooks
-    from train.tracking.run import active_run, all_params, resolve_tracking_uri
+    from train.tracking.run import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(config["mlflow"]["tracking_uri"])
-    device = yolo.resolve_device(config["train"]["device"])
-    tags = _run_tags(config, device, torch.cuda.is_available(), " ".join(HydraConfig.get().overrides.task))
-    opt = yolo.build_opt(config, data_yaml, out_dir)
-    log_path = out_dir / "train.log"
-    status = "FINISHED"
     try:
-        with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags) as run:
-            print(f"MLflow run {run.info.run_id} in experiment {run.info.experiment_id} at {tracking_uri}")
-            mlflow.log_params(all_params(config))
-            mlflow.log_dict(config, "config/config.yaml")
-            hooks = MlflowHooks(run.info.run_id, yolo.save_dir(out_dir))
-            try:
-                with ConsoleTee(log_path):
-                    try:
-                        yolo.train(opt, hooks)
-                    except BaseException:
-                        traceback.print_exc()  # into train.log, which is uploaded below
-                        raise
-            finally:
-                hooks.flush()
-                _upload_outputs(yolo.save_dir(out_dir), log_path, out_dir)
+        metrics = _train_in_run(config, data_yaml, out_dir, tracking_uri)
     except KeyboardInterrupt:
-        status = "KILLED"
+        _print_where_to_look(tracking_uri, "KILLED")
         print("error: training interrupted; the run is recorded as KILLED", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
-        status = "FAILED"
-        print(f"error: training failed: {type(exc).__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
+        _print_where_to_look(tracking_uri, "FAILED")
+        print(f"error: training failed: {type(exc).__name__}: {exc} (traceback in {out_dir / 'train.log'})",
+              file=sys.stderr)
         sys.exit(EXIT_TRAINING_FAILED)
-    finally:
-        if "run" in locals():
-            _print_where_to_look(tracking_uri, run, status)
-    return hooks.last_metrics.get("metrics/mAP_0.5_0.95")
+    _print_where_to_look(tracking_uri, "FINISHED")
+    return metrics.get("metrics/mAP_0.5_0.95")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

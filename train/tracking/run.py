@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import RunInfo, RunStatus
 
 from train.tracking.names import flatten
 
@@ -62,6 +62,7 @@ def active_run(tracking_uri: str, experiment_name: str, run_name: str,
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-def run_url(tracking_uri: str, run: mlflow.ActiveRun) -> str:
+def run_url(tracking_uri: str, info: RunInfo) -> str:
+    """Where the run shows in the UI: the server's own, or the one `mlflow ui` serves by default."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return f"{base}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
