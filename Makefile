@@ -31,7 +31,7 @@ test: $(VENV)/.dev system-deps
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-## system-deps: Debian packages the tests drive (Chromium for the MLflow UI test)
+## system-deps: Debian packages the tests drive (Chromium, Docker engine and registry, debootstrap)
 system-deps:
 	scripts/install-system-deps.sh
 

@@ -3,7 +3,10 @@
 set -euo pipefail
 
 packages=()
-command -v chromium >/dev/null || packages+=(chromium)  # the MLflow UI test renders the run page
+command -v chromium >/dev/null || packages+=(chromium)              # the MLflow UI test renders the run page
+command -v dockerd >/dev/null || packages+=(docker.io)              # `mlflow run` builds and runs images
+command -v docker-registry >/dev/null || packages+=(docker-registry)  # ... and pushes them (Kubernetes backend)
+command -v debootstrap >/dev/null || packages+=(debootstrap)        # a local base image: nothing can be pulled
 
 [ ${#packages[@]} -eq 0 ] && exit 0
 sudo=""

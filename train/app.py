@@ -84,7 +84,10 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
     opt = yolo.build_opt(config, data_yaml, out_dir)
     log_path = out_dir / "train.log"
     with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags) as run:
-        mlflow.log_params(all_params(config))
+        # `mlflow run` logs its -P parameters first, some under train_wrapper.py's flat names (epochs, imgsz,
+        # ...): params are write-once, so those stay as given; the dotted keys hold the resolved values.
+        logged = mlflow.get_run(run.info.run_id).data.params
+        mlflow.log_params({k: v for k, v in all_params(config).items() if k not in logged})
         mlflow.log_dict(config, "config/config.yaml")
         hooks = MlflowHooks(run.info.run_id, yolo.save_dir(out_dir))
         try:

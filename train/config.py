@@ -121,6 +121,7 @@ class MlflowConfig:
 class PathsConfig:
     # Datasets, fonts and other downloads-in-waiting live here, outside the source tree.
     cache_dir: str = MISSING
+    outputs_dir: str = MISSING
 
 
 @dataclass
@@ -176,6 +177,10 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.hyp[key]
         _check(0.0 <= value <= 1.0, f"hyp.{key}", f"is a probability, must be in [0, 1], got {value}")
 
+    from train.yolo import model_yaml
+
+    _check(model_yaml(cfg.model.cfg).is_file(), "model.cfg",
+           f"no such model yaml: {cfg.model.cfg} (a name from yolov5/models/ or an absolute path)")
     weights = cfg.model.weights
     if weights:
         # YOLOv5 looks any relative name up on the Hugging Face hub and GitHub first: never offline-safe.

@@ -84,6 +84,7 @@ def test_hyp_presets_match_the_yolov5_package(preset):
     (["mlflow.experiment_name= "], "mlflow.experiment_name: must not be empty"),
     (["train.imgsz=${data.nope}"], "train.imgsz:"),
     (["data.synthetic.train_images=0"], "data.synthetic.train_images: must be >= 1"),
+    (["model.cfg=yolov9.yaml"], "model.cfg: no such model yaml: yolov9.yaml"),
 ])
 def test_bad_values_raise_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:

@@ -1,0 +1,109 @@
+"""A real Docker engine and registry, and the project's base image built from its real Dockerfile.
+
+Nothing can be pulled on these machines, so the Dockerfile's BASE_IMAGE (python:3.11-slim-bookworm)
+is swapped, by its build arg and nothing else, for a Debian image made here with debootstrap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, free_port, start, stop, wait_until_up
+
+LOCAL_BASE = "yolov5-mlflow-test-base:bookworm"
+# The persistent data root keeps built images between local test sessions; CI machines start empty anyway.
+DOCKER_ROOT = Path(os.environ.get("TEST_DOCKER_ROOT", "/var/lib/yolov5-mlflow-tests/docker"))
+
+
+def _docker_answers() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory) -> Iterator[None]:
+    """The running engine if there is one, else a dockerd started (and stopped) by the session."""
+    if _docker_answers():
+        yield
+        return
+    if shutil.which("dockerd") is None:
+        pytest.fail("no Docker engine: `make test` installs Debian's docker.io (scripts/install-system-deps.sh)")
+    DOCKER_ROOT.mkdir(parents=True, exist_ok=True)
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    daemon = start(["dockerd", "--data-root", str(DOCKER_ROOT)], dict(os.environ), log)
+    deadline = time.monotonic() + 60
+    while not _docker_answers():
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            stop(daemon)
+            pytest.fail(f"dockerd did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        stop(daemon)
+
+
+@pytest.fixture(scope="session")
+def registry(docker_engine, tmp_path_factory) -> Iterator[str]:
+    """A local Docker registry (Debian's docker-registry); 127.0.0.0/8 counts as insecure, so HTTP push works."""
+    workdir = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(yaml.safe_dump({"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}},
+                                      "http": {"addr": f"127.0.0.1:{port}"}}))
+    log = workdir / "registry.log"
+    server = start(["docker-registry", "serve", str(config)], dict(os.environ), log)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/v2/", server, log, timeout_s=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(server)
+
+
+def _has_image(name: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine) -> str:
+    """MLproject's docker_env image, built from the project's Dockerfile over a locally made Debian."""
+    if not _has_image(LOCAL_BASE):
+        subprocess.run([str(REPO / "tests" / "docker" / "make-local-base.sh"), LOCAL_BASE], check=True)
+    image = yaml.safe_load((REPO / "MLproject").read_text())["docker_env"]["image"]
+    build = subprocess.run(["docker", "build", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}", "-t", image, str(REPO)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return image
+
+
+@pytest.fixture(scope="session")
+def project_copy(tmp_path_factory) -> Path:
+    """The project as git sees it (tracked and new files, nothing ignored).
+
+    `mlflow run` copies the whole project folder into the image, ignoring .dockerignore: run from the
+    working folder, .venv/ (gigabytes) and old outputs would go along.
+    """
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    copy = tmp_path_factory.mktemp("project") / "yolov5-mlflow"
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    return copy
+
+
+def registry_digest(registry_url: str, repository: str, tag: str) -> str:
+    request = urllib.request.Request(f"http://{registry_url}/v2/{repository}/manifests/{tag}", method="HEAD",
+                                     headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Docker-Content-Digest"]

@@ -1,0 +1,155 @@
+"""A STAND-IN for the Kubernetes API server, for tests only: no API server can run on these machines.
+
+It speaks just the batch/v1 Job endpoints MLflow's Kubernetes backend calls (create_namespaced_job,
+read_namespaced_job_status, delete_namespaced_job), records each submitted Job, and plays the
+kubelet's part with the real Docker engine: the Job's first container runs from its image (by
+digest, pulled from the registry it was pushed to), with its command and the env as submitted.
+The Job's status follows that container: active while it runs, then Complete or Failed.
+
+What it does not do, and a cluster would: scheduling, resource requests (no GPU here), Secrets
+(`valueFrom`/`envFrom` entries are skipped), retries under backoffLimit, volumes other than
+/dev/shm (mapped to --shm-size).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, List, Optional
+
+_JOBS = re.compile(r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/jobs(?:/(?P<name>[^/?]+))?(?P<status>/status)?")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class SubmittedJob:
+    manifest: dict
+    status: dict = field(default_factory=dict)
+    logs: str = ""
+    exit_code: Optional[int] = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class KubeStandIn:
+    def __init__(self, docker_network: str = "host") -> None:
+        self.jobs: Dict[str, SubmittedJob] = {}
+        self.docker_network = docker_network
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "KubeStandIn":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        for job in self.jobs.values():
+            job.done.wait(timeout=120)
+
+    def kubeconfig(self, path: Path, context: str) -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": context,
+            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+            "users": [{"name": "standin", "user": {"token": "not-a-secret"}}],
+            "contexts": [{"name": context, "context": {"cluster": "standin", "user": "standin"}}],
+        }))
+        return path
+
+    # --- the kubelet's part -------------------------------------------------------------------------
+
+    def _docker_command(self, manifest: dict) -> List[str]:
+        pod = manifest["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        command = ["docker", "run", "--rm", f"--network={self.docker_network}",
+                   f"--name={manifest['metadata']['name']}"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            volume = volumes.get(mount["name"], {})
+            if mount["mountPath"] == "/dev/shm" and volume.get("emptyDir", {}).get("medium") == "Memory":
+                command.append(f"--shm-size={volume['emptyDir'].get('sizeLimit', '1Gi').replace('Gi', 'g')}")
+        user = pod.get("securityContext", {}).get("runAsUser")
+        if user is not None:
+            command.append(f"--user={user}")
+        for variable in container.get("env", []):
+            if "value" in variable:  # valueFrom needs the cluster's Secrets: skipped by the stand-in
+                command += ["-e", f"{variable['name']}={variable['value']}"]
+        # What the kubelet would inject into every pod.
+        command += ["-e", "KUBERNETES_SERVICE_HOST=127.0.0.1", "-e", "KUBERNETES_SERVICE_PORT=443"]
+        command += [f"--entrypoint={container['command'][0]}", container["image"], *container["command"][1:],
+                    *container.get("args", [])]
+        return command
+
+    def _run(self, job: SubmittedJob) -> None:
+        job.status = {"startTime": _now(), "active": 1}
+        proc = subprocess.run(self._docker_command(job.manifest), capture_output=True, text=True)
+        job.logs, job.exit_code = proc.stdout + proc.stderr, proc.returncode
+        ok = proc.returncode == 0
+        job.status = {
+            "startTime": job.status["startTime"], "completionTime": _now(),
+            "succeeded" if ok else "failed": 1,
+            "conditions": [{"type": "Complete" if ok else "Failed", "status": "True", "lastTransitionTime": _now(),
+                            "message": f"container exited with {proc.returncode}"}],
+        }
+        job.done.set()
+
+    # --- the API ------------------------------------------------------------------------------------
+
+    def _handler(self):
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _job(self) -> Optional[SubmittedJob]:
+                match = _JOBS.match(self.path)
+                return standin.jobs.get(match["name"]) if match and match["name"] else None
+
+            def _not_found(self) -> None:
+                self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                  "code": 404, "message": f"{self.path} not found"})
+
+            def do_POST(self) -> None:
+                match = _JOBS.match(self.path)
+                if not match or match["name"]:
+                    return self._not_found()
+                manifest = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                manifest["metadata"].setdefault("namespace", match["ns"])
+                manifest["metadata"]["uid"] = f"standin-{len(standin.jobs)}"
+                manifest["metadata"]["creationTimestamp"] = _now()
+                job = SubmittedJob(manifest=manifest)
+                standin.jobs[manifest["metadata"]["name"]] = job
+                threading.Thread(target=standin._run, args=(job,), daemon=True).start()
+                self._reply(201, {**manifest, "status": {}})
+
+            def do_GET(self) -> None:
+                job = self._job()
+                if job is None:
+                    return self._not_found()
+                self._reply(200, {**job.manifest, "status": job.status})
+
+            def do_DELETE(self) -> None:
+                job = self._job()
+                if job is None:
+                    return self._not_found()
+                subprocess.run(["docker", "rm", "-f", job.manifest["metadata"]["name"]], capture_output=True)
+                self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+        return Handler

@@ -1,0 +1,120 @@
+"""`mlflow run` of this project for real: in Docker, and through the Kubernetes backend to a Job.
+
+The image is built from the project's Dockerfile; `mlflow run` builds, pushes and submits for real.
+Only the Kubernetes API server is stood in for (tests/e2e/kube_standin.py): it runs the submitted
+Job's container with the real Docker engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+
+from tests.conftest import TINY, client_env
+from tests.e2e.conftest import registry_digest
+from tests.e2e.kube_standin import KubeStandIn
+
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+# The tiny settings, less what has its own MLproject parameter.
+OVERRIDES = " ".join(o for o in TINY if not o.startswith(("train.imgsz", "train.batch")))
+PARAMS = ["-P", "epochs=1", "-P", "batch=8", "-P", "imgsz=64", "-P", f"overrides={OVERRIDES}"]
+
+
+def mlflow_run(project: Path, cwd: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([MLFLOW, "run", str(project), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+def only_run(tracking_server, experiment: str):
+    client = tracking_server.client()
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return run
+
+
+def artifact_keys(tracking_server, run) -> set:
+    prefix = f"{run.info.experiment_id}/{run.info.run_id}/artifacts/"
+    return {key.removeprefix(prefix) for key in tracking_server.bucket_keys(prefix)}
+
+
+def test_docker_env_run_finishes_with_artifacts_in_the_bucket(tracking_server, base_image, project_copy, cache_dir,
+                                                              tmp_path):
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri)
+    proc = mlflow_run(project_copy, tmp_path, env, "--build-image", "--experiment-name", "e2e-docker",
+                      *PARAMS, "-A", "network=host")  # the container reaches the test server on the host's loopback
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = only_run(tracking_server, "e2e-docker")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.env"] == "docker"
+    assert run.data.params["epochs"] == "1" and run.data.params["train.epochs"] == "1"
+    assert run.data.params["imgsz"] == run.data.params["train.imgsz"] == "64"
+    assert run.data.params["train.workers"] == "0"  # from the free-form overrides param
+    assert "metrics/mAP_0.5_0.95" in run.data.metrics
+    assert {"logs/train.log", "training-output/weights/best.pt"} <= artifact_keys(tracking_server, run)
+
+
+@pytest.fixture
+def kube(tmp_path, registry, tracking_server):
+    """The stand-in API, a kubeconfig naming it, and a backend config pushing to the local registry."""
+    with KubeStandIn() as standin:
+        kubeconfig = standin.kubeconfig(tmp_path / "kubeconfig", context="standin")
+        backend = tmp_path / "k8s_backend_config.json"
+        template = Path(__file__).resolve().parents[2] / "kubernetes_job_template.yaml"
+        backend.write_text(json.dumps({"kube-context": "standin", "repository-uri": f"{registry}/yolov5-mlflow",
+                                       "kube-job-template-path": str(template)}))
+        env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, KUBECONFIG=str(kubeconfig))
+        yield standin, backend, env
+
+
+def _kubernetes_run(project_copy, tmp_path, kube, experiment: str, *params: str):
+    """(mlflow run's process, the one Job it submitted)"""
+    standin, backend, env = kube
+    # --build-image: without it MLflow 3 pushes and runs the base image unchanged, without the project's code.
+    proc = mlflow_run(project_copy, tmp_path, env, "--backend", "kubernetes", "--backend-config", str(backend),
+                      "--build-image", "--experiment-name", experiment, *params)
+    assert len(standin.jobs) == 1, proc.stderr[-4000:]
+    return proc, next(iter(standin.jobs.values()))
+
+
+def test_kubernetes_backend_builds_pushes_submits_and_finishes(tracking_server, base_image, project_copy, registry,
+                                                               kube, tmp_path):
+    proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes", *PARAMS)
+    assert proc.returncode == 0, proc.stderr[-3000:] + job.logs[-3000:]
+
+    manifest = job.manifest
+    kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+    assert manifest["metadata"]["namespace"] == "kubeflow"
+    assert manifest["metadata"]["name"].startswith("yolov5-mlflow-")
+    [container] = manifest["spec"]["template"]["spec"]["containers"]
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    run = only_run(tracking_server, "e2e-kubernetes")
+    assert env["MLFLOW_RUN_ID"] == run.info.run_id and env["MLFLOW_TRACKING_URI"] == tracking_server.uri
+
+    # The image is the one pushed, by digest, and the run carries that digest.
+    repository, digest = container["image"].split("@")
+    tag = repository.rsplit(":", 1)[1]
+    assert digest == registry_digest(repository.split("/", 1)[0], "yolov5-mlflow", tag)
+    assert run.data.tags["mlflow.docker.image.id"] == digest
+
+    # The training inside the container logged to the tracking server, and both sides say FINISHED.
+    assert job.exit_code == 0 and job.status["conditions"][0]["type"] == "Complete"
+    assert run.info.status == "FINISHED"
+    assert "metrics/mAP_0.5_0.95" in run.data.metrics and run.data.params["train.epochs"] == "1"
+    assert {"logs/train.log", "training-output/weights/best.pt"} <= artifact_keys(tracking_server, run)
+
+
+def test_kubernetes_training_failure_is_failed_on_both_sides(tracking_server, base_image, project_copy, registry,
+                                                            kube, tmp_path):
+    # A GPU asked for where there is none (the stand-in has no GPU to give): YOLOv5 fails once the run is open.
+    proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-failing", *PARAMS, "-P", "device=0")
+    assert proc.returncode != 0
+    assert job.exit_code != 0 and job.status["conditions"][0]["type"] == "Failed"
+    assert "Invalid CUDA" in job.logs
+    run = only_run(tracking_server, "e2e-kubernetes-failing")
+    assert run.info.status == "FAILED"
+    assert "logs/train.log" in artifact_keys(tracking_server, run)  # the pod uploaded its own log

@@ -1,0 +1,80 @@
+"""MLproject's `main` entry point: its declared parameters become Hydra overrides of `python -m train`.
+
+MLflow quotes each parameter into the command line, so the free `overrides` string arrives as one
+argument and is split here with shell rules (no shell runs it). MLflow appends an undeclared
+`-P key=value` as `--key value`: that is refused in one line, like any other bad input.
+
+MLflow's Kubernetes backend shell-quotes every argument of the Job's `command` although no shell
+ever reads it (an empty value arrives as the two characters ''). The job template says so with
+TRAIN_ARGS_SHELL_QUOTED=true, and the quoting is undone here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from typing import List, NoReturn, Sequence
+
+from train.cli import EXIT_BAD_INPUT
+
+# MLproject parameter -> config key. An empty value leaves the config's default in place.
+PARAMETERS = {
+    "epochs": "train.epochs",
+    "batch": "train.batch",
+    "imgsz": "train.imgsz",
+    "model": "model",
+    "data": "data",
+    "device": "train.device",
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        declared = ", ".join([*PARAMETERS, "overrides"])
+        print(f"error: MLproject parameters: {message} (declared: {declared})", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _number(value: str) -> str:
+    # MLflow's float params arrive as written ('50') or as floats ('50.0') when a default is rendered.
+    return value[:-2] if value.endswith(".0") and value[:-2].isdigit() else value
+
+
+def _unquote(argv: Sequence[str]) -> List[str]:
+    return [shlex.split(arg)[0] if arg.startswith("'") else arg for arg in argv]
+
+
+def to_overrides(argv: Sequence[str]) -> List[str]:
+    if os.environ.get("TRAIN_ARGS_SHELL_QUOTED") == "true":
+        argv = _unquote(argv)
+    parser = _OneLineParser(prog="train.mlproject", add_help=False)
+    for name in PARAMETERS:
+        parser.add_argument(f"--{name}", default="")
+    parser.add_argument("--overrides", default="")
+    args = parser.parse_args(argv)
+    overrides = [f"{key}={_number(getattr(args, name))}" for name, key in PARAMETERS.items() if getattr(args, name)]
+    try:
+        extra = shlex.split(args.overrides)
+    except ValueError as exc:
+        parser.error(f"overrides: {exc}")
+    owned = {key: name for name, key in PARAMETERS.items()}
+    for override in extra:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in owned:
+            # One source per key: MLflow has already logged the -P value as the run's param.
+            parser.error(f"overrides sets {key}, which has its own parameter: use -P {owned[key]}=...")
+    return overrides + extra
+
+
+def main() -> None:
+    overrides = to_overrides(sys.argv[1:])
+    sys.argv = [sys.argv[0], *overrides]  # hydra.main reads sys.argv
+    from train.cli import main as train_main
+
+    train_main()
+
+
+if __name__ == "__main__":
+    main()
