@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -91,3 +94,19 @@ def test_dockerfile_python_matches_conda_yaml():
     assert python == f"python={base}"
     pip_section = next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]
     assert pip_section == ["-r requirements.txt", "-c requirements.lock"]  # one pinned list, not two
+
+
+def test_kustomize_renders_deploy_into_valid_objects_in_kubeflow():
+    """What `kubectl apply -k deploy/` would send, rendered by kubectl's own kustomize, without a cluster."""
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
+    rendered = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, check=True).stdout
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
+    assert kinds == ["Deployment/minio", "Deployment/mlflow", "Job/minio-create-bucket",
+                     "PersistentVolumeClaim/minio-data", "PersistentVolumeClaim/mlflow-db",
+                     "Secret/minio-credentials", "Service/minio-service", "Service/mlflow-service"]
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == "kubeflow"
+        validate(obj)
+    mlflow = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+    assert mlflow["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/ml/mlflow-server:3.17.2"
