@@ -7,6 +7,7 @@ command -v chromium >/dev/null || packages+=(chromium)              # the MLflow
 command -v dockerd >/dev/null || packages+=(docker.io)              # `mlflow run` builds and runs images
 command -v docker-registry >/dev/null || packages+=(docker-registry)  # ... and pushes them (Kubernetes backend)
 command -v debootstrap >/dev/null || packages+=(debootstrap)        # a local base image: nothing can be pulled
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)  # the concurrent-sweep backend
 
 [ ${#packages[@]} -eq 0 ] && exit 0
 sudo=""

@@ -97,34 +97,46 @@ def _boto_credentials() -> Dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory) -> Iterator[TrackingServer]:
-    workdir = tmp_path_factory.mktemp("tracking")
-    base_env = {**os.environ, **S3_CREDENTIALS}
-    s3_port = free_port()
-    s3_log = workdir / "moto.log"
-    s3 = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], base_env, s3_log)
-    s3_endpoint = f"http://127.0.0.1:{s3_port}"
-    server = None
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """moto's standalone S3 server with the `mlflow` bucket: where MinIO stands in the cluster."""
+    workdir = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    log = workdir / "moto.log"
+    server = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], {**os.environ, **S3_CREDENTIALS},
+                   log)
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(f"{s3_endpoint}/moto-api/", s3, s3_log)
+        wait_until_up(f"{endpoint}/moto-api/", server, log)
         import boto3
 
-        boto3.client("s3", endpoint_url=s3_endpoint, **_boto_credentials()).create_bucket(Bucket=BUCKET)
-        port = free_port()
-        log = workdir / "mlflow-server.log"
-        # Only the server knows the S3 endpoint and credentials; clients need just the tracking URI.
-        server_env = {**base_env, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-        server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-                        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2"],
-                       server_env, log)
-        uri = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, **_boto_credentials()).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        stop(server)
+
+
+def start_tracking_server(workdir: Path, backend_store_uri: str, s3_endpoint: str) -> Iterator[TrackingServer]:
+    """`mlflow server` as deploy/ runs it; only the server knows the S3 endpoint and credentials."""
+    port = free_port()
+    log = workdir / "mlflow-server.log"
+    server_env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                    "--backend-store-uri", backend_store_uri,
+                    "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2"],
+                   server_env, log)
+    uri = f"http://127.0.0.1:{port}"
+    try:
         wait_until_up(f"{uri}/health", server, log)
         yield TrackingServer(uri=uri, s3_endpoint=s3_endpoint, log=log)
     finally:
-        if server is not None:
-            stop(server)
-        stop(s3)
+        stop(server)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[TrackingServer]:
+    """The tracking server with a SQLite backend, as deploy/ runs it in the cluster."""
+    workdir = tmp_path_factory.mktemp("tracking")
+    yield from start_tracking_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3_endpoint)
 
 
 def client_env(**extra: str) -> Dict[str, str]:

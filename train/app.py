@@ -6,13 +6,16 @@ once the run is open, every outcome is recorded in it, with the log and whatever
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from train import offline
@@ -20,6 +23,7 @@ from train.cli import exit_bad_input
 from train.config import CONF_DIR, ConfigError, register_schema, to_container, validate
 from train.console import ConsoleTee
 from train.data import DatasetError, prepare
+from train.tracking.sweep import PARENT_RUN_ENV, TRIAL_ENV
 
 EXIT_TRAINING_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -61,14 +65,35 @@ def _print_where_to_look(tracking_uri: str, status: str) -> None:
         print(f"Open it with: mlflow ui --backend-store-uri {tracking_uri}")
 
 
-def _prepare_or_refuse(cfg: DictConfig, cache_dir: Path, out_dir: Path) -> Path:
-    """The data yaml to train on; bad input ends the process here, before any run exists."""
-    try:
-        validate(cfg)  # again: a multirun trial's config never went through the command-line check
-        return prepare(cfg.data, cache_dir, out_dir)
-    except (ConfigError, DatasetError) as error:
+def _in_sweep() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _sweep_tags() -> Dict[str, str]:
+    """In a sweep: the parent run (set by train.tracking.sweep) and this trial's number."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    trial = os.environ.get(TRIAL_ENV, str(HydraConfig.get().job.num))
+    return {"mlflow.parentRunId": parent, "sweep_trial": trial} if parent else {}
+
+
+def _overrides() -> str:
+    return " ".join(HydraConfig.get().overrides.task)
+
+
+def _refuse(error: Exception, config: Mapping[str, Any]) -> float:
+    """Bad input: one line, exit 2, no run. A sweep's trial is recorded as a FAILED child run that says why,
+    so the sweep's record names it, and in a multirun the other trials go on."""
+    sweep_tags = _sweep_tags()
+    if sweep_tags:
+        from train.tracking.run import record_refused_run, resolve_tracking_uri
+
+        record_refused_run(resolve_tracking_uri(config["mlflow"]["tracking_uri"]), config["mlflow"]["experiment_name"],
+                           config["mlflow"]["run_name"],
+                           {**sweep_tags, "hydra_overrides": _overrides(), "error": str(error)})
+    if not _in_sweep():
         exit_bad_input(error)  # type: ignore[arg-type]
-        raise  # unreachable: exit_bad_input exits
+    print(f"error: {error}", file=sys.stderr)
+    return math.nan
 
 
 def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tracking_uri: str) -> Dict[str, float]:
@@ -80,7 +105,7 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
     from train.tracking.run import active_run, all_params
 
     device = yolo.resolve_device(config["train"]["device"])
-    tags = _run_tags(config, device, torch.cuda.is_available(), " ".join(HydraConfig.get().overrides.task))
+    tags = {**_run_tags(config, device, torch.cuda.is_available(), _overrides()), **_sweep_tags()}
     opt = yolo.build_opt(config, data_yaml, out_dir)
     log_path = out_dir / "train.log"
     with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags) as run:
@@ -104,14 +129,27 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
     return hooks.last_metrics
 
 
-def train_and_track(cfg: DictConfig) -> Optional[float]:
+def train_and_track(cfg: DictConfig) -> float:
+    """The objective (config sweep.objective, last epoch) for sweepers; NaN when the trial failed."""
     config = to_container(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     cache_dir = Path(config["paths"]["cache_dir"])
-    data_yaml = _prepare_or_refuse(cfg, cache_dir, out_dir)
+    try:
+        validate(cfg)  # again: a sweep's trials never went through the command-line check
+        data_yaml = prepare(cfg.data, cache_dir, out_dir)
+    except (ConfigError, DatasetError) as error:
+        return _refuse(error, config)
     offline.apply(cache_dir)  # before anything below imports yolov5
 
+    from train.tracking.names import sanitize_key
     from train.tracking.run import resolve_tracking_uri
+
+    if _in_sweep() and not config["train"]["device"]:
+        import torch
+
+        from train.yolo import device_for_trial
+
+        config["train"]["device"] = device_for_trial(HydraConfig.get().job.num, torch.cuda.device_count())
 
     tracking_uri = resolve_tracking_uri(config["mlflow"]["tracking_uri"])
     try:
@@ -124,11 +162,13 @@ def train_and_track(cfg: DictConfig) -> Optional[float]:
         _print_where_to_look(tracking_uri, "FAILED")
         print(f"error: training failed: {type(exc).__name__}: {exc} (traceback in {out_dir / 'train.log'})",
               file=sys.stderr)
+        if _in_sweep():
+            return math.nan  # the sweep goes on; its parent run ends FAILED, naming this trial
         sys.exit(EXIT_TRAINING_FAILED)
     _print_where_to_look(tracking_uri, "FINISHED")
-    return metrics.get("metrics/mAP_0.5_0.95")
+    return metrics.get(sanitize_key(config["sweep"]["objective"]), math.nan)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> Optional[float]:
+def hydra_main(cfg: DictConfig) -> float:
     return train_and_track(cfg)

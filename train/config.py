@@ -118,6 +118,15 @@ class MlflowConfig:
 
 
 @dataclass
+class SweepConfig:
+    # What a sweep optimises: a metric name as logged (sanitized), its last-epoch value per trial.
+    objective: str = "metrics/mAP_0.5_0.95"
+    direction: str = "maximize"
+    # Trials at once with hydra/launcher=parallel (joblib); each gets its own GPU when there are several.
+    n_jobs: int = 2
+
+
+@dataclass
 class PathsConfig:
     # Datasets, fonts and other downloads-in-waiting live here, outside the source tree.
     cache_dir: str = MISSING
@@ -133,6 +142,7 @@ class Config:
     hyp: HypConfig = field(default_factory=HypConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_schema() -> None:
@@ -198,6 +208,9 @@ def validate(cfg: DictConfig) -> None:
         _check(s.val_images >= 1, "data.synthetic.val_images", f"must be >= 1, got {s.val_images}")
         _check(s.image_size >= 32, "data.synthetic.image_size", f"must be >= 32, got {s.image_size}")
 
+    _check(cfg.sweep.direction in ("maximize", "minimize"), "sweep.direction",
+           f"must be maximize or minimize, got {cfg.sweep.direction!r}")
+    _check(cfg.sweep.n_jobs >= 1, "sweep.n_jobs", f"must be >= 1, got {cfg.sweep.n_jobs}")
     _check(bool(cfg.mlflow.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
     _check(bool(cfg.mlflow.run_name.strip()), "mlflow.run_name", "must not be empty")
 

@@ -32,7 +32,7 @@ PARAMETERS = {
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        declared = ", ".join([*PARAMETERS, "overrides"])
+        declared = ", ".join([*PARAMETERS, "overrides", "sweep"])
         print(f"error: MLproject parameters: {message} (declared: {declared})", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
@@ -53,7 +53,13 @@ def to_overrides(argv: Sequence[str]) -> List[str]:
     for name in PARAMETERS:
         parser.add_argument(f"--{name}", default="")
     parser.add_argument("--overrides", default="")
+    parser.add_argument("--sweep", default=None)
     args = parser.parse_args(argv)
+    if args.sweep is not None:  # entry point `sweep`: its one param is a Hydra multirun's overrides
+        try:
+            return ["--multirun", *shlex.split(args.sweep)]
+        except ValueError as exc:
+            parser.error(f"sweep: {exc}")
     overrides = [f"{key}={_number(getattr(args, name))}" for name, key in PARAMETERS.items() if getattr(args, name)]
     try:
         extra = shlex.split(args.overrides)

@@ -36,6 +36,11 @@ def resolve_device(device: str) -> str:
     return device if device in ("cpu", "mps") or device.startswith("cuda") else f"cuda:{device}"
 
 
+def device_for_trial(trial: int, gpu_count: int) -> str:
+    """Parallel sweep trials each on a GPU of their own (round robin); '' (YOLOv5's auto) without GPUs."""
+    return str(trial % gpu_count) if gpu_count else ""
+
+
 def _default_opt() -> argparse.Namespace:
     from yolov5 import train as yolov5_train
 

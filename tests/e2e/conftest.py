@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -107,3 +108,49 @@ def registry_digest(registry_url: str, repository: str, tag: str) -> str:
                                      headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.headers["Docker-Content-Digest"]
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not found:
+        pytest.fail("no PostgreSQL server: `make test` installs Debian's postgresql (scripts/install-system-deps.sh)")
+    return str(found[-1])
+
+
+def _as_postgres(command: list) -> list:
+    # initdb and pg_ctl refuse to run as root.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str]:
+    """A PostgreSQL server of the session's own on a free loopback port, with an empty `mlflow` database."""
+    # Not under pytest's tmp folder: that is private to root, and the server runs as postgres.
+    workdir = Path(tempfile.mkdtemp(prefix="yolov5-mlflow-postgres-"))
+    data, socket_dir, log = workdir / "data", workdir / "socket", workdir / "postgres.log"
+    socket_dir.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(socket_dir, "postgres")
+    port = free_port()
+    subprocess.run(_as_postgres([_postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
+                   check=True, capture_output=True)
+    pg_ctl = _postgres_bin("pg_ctl")
+    subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-l", str(log), "-w", "start", "-o",
+                                 f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1"]),
+                   check=True, capture_output=True)
+    try:
+        subprocess.run(_as_postgres([_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                                     "mlflow"]), check=True, capture_output=True)
+        # +psycopg2: plain postgresql:// makes SQLAlchemy 2 look for psycopg 3, and the server never turns healthy.
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_tracking_server(tmp_path_factory, postgres_uri, s3_endpoint):
+    from tests.conftest import start_tracking_server
+
+    yield from start_tracking_server(tmp_path_factory.mktemp("tracking-postgres"), postgres_uri, s3_endpoint)

@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,8 @@ class SubmittedJob:
     status: dict = field(default_factory=dict)
     logs: str = ""
     exit_code: Optional[int] = None
+    started: float = 0.0
+    ended: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -88,9 +91,20 @@ class KubeStandIn:
                     *container.get("args", [])]
         return command
 
+    def max_concurrent(self) -> int:
+        """The most Jobs that were running at the same time."""
+        events = sorted([(j.started, 1) for j in self.jobs.values()] + [(j.ended, -1) for j in self.jobs.values()])
+        running = peak = 0
+        for _, change in events:
+            running += change
+            peak = max(peak, running)
+        return peak
+
     def _run(self, job: SubmittedJob) -> None:
         job.status = {"startTime": _now(), "active": 1}
+        job.started = time.monotonic()
         proc = subprocess.run(self._docker_command(job.manifest), capture_output=True, text=True)
+        job.ended = time.monotonic()
         job.logs, job.exit_code = proc.stdout + proc.stderr, proc.returncode
         ok = proc.returncode == 0
         job.status = {

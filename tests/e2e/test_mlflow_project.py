@@ -118,3 +118,39 @@ def test_kubernetes_training_failure_is_failed_on_both_sides(tracking_server, ba
     run = only_run(tracking_server, "e2e-kubernetes-failing")
     assert run.info.status == "FAILED"
     assert "logs/train.log" in artifact_keys(tracking_server, run)  # the pod uploaded its own log
+
+
+def test_sweep_entry_point_in_docker_nests_trials_under_the_project_run(tracking_server, base_image, project_copy,
+                                                                       tmp_path):
+    from tests.e2e.test_sweeps import sweep_record
+
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri)
+    proc = mlflow_run(project_copy, tmp_path, env, "-e", "sweep", "--build-image", "--experiment-name",
+                      "e2e-docker-sweep", "-P", f"sweep={' '.join(TINY)} train.epochs=1 hyp.lr0=0.01,0.001",
+                      "-A", "network=host")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    parent, children, rows = sweep_record(tracking_server, "e2e-docker-sweep")
+    assert parent.data.tags["mlflow.project.entryPoint"] == "sweep" and parent.info.status == "FINISHED"
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children) and len(rows) == 2
+
+
+def test_kubernetes_launcher_runs_each_trial_as_a_job(tracking_server, base_image, project_copy, registry, kube,
+                                                     tmp_path, cache_dir):
+    from tests.conftest import train_cli
+    from tests.e2e.test_sweeps import sweep_record
+
+    standin, backend, env = kube
+    env = {**env, "MLFLOW_EXPERIMENT_NAME": "e2e-kubernetes-launcher"}
+    proc = train_cli(tmp_path, cache_dir, [
+        "-m", "hydra/launcher=kubernetes", f"hydra.launcher.backend_config={backend}",
+        f"hydra.launcher.project_dir={project_copy}", "hydra.launcher.max_parallel=2", "hydra.launcher.poll_interval_s=1",
+        *TINY, "train.epochs=1", "hyp.lr0=0.01,0.005,0.002"], env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(standin.jobs) == 3 and standin.max_concurrent() <= 2
+    for job in standin.jobs.values():
+        kubernetes_validate.validate(job.manifest, kubernetes_validate.latest_version(), strict=True)
+        assert job.exit_code == 0, job.logs[-3000:]
+    parent, children, rows = sweep_record(tracking_server, "e2e-kubernetes-launcher")
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert sorted(c.data.params["hyp.lr0"] for c in children) == ["0.002", "0.005", "0.01"]
+    assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}

@@ -50,7 +50,10 @@ def active_run(tracking_uri: str, experiment_name: str, run_name: str,
     """A new run, or the one named by MLFLOW_RUN_ID (as `mlflow run` and Kubernetes Jobs set it)."""
     mlflow.set_tracking_uri(tracking_uri)
     existing = os.environ.get("MLFLOW_RUN_ID")
-    if not existing:
+    parent = tags.get("mlflow.parentRunId")
+    if parent and not existing:  # a sweep's trial: in its parent's experiment
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(parent).info.experiment_id)
+    elif not existing:
         mlflow.set_experiment(experiment_name)
     run = mlflow.start_run(run_id=existing or None, run_name=None if existing else run_name, tags=dict(tags))
     try:
@@ -66,3 +69,16 @@ def run_url(tracking_uri: str, info: RunInfo) -> str:
     """Where the run shows in the UI: the server's own, or the one `mlflow ui` serves by default."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
+
+
+def record_refused_run(tracking_uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str]) -> None:
+    """A FAILED run that only says why it never started (a sweep trial refused for bad input)."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    parent = tags.get("mlflow.parentRunId")
+    if parent:
+        experiment_id = client.get_run(parent).info.experiment_id
+    else:
+        experiment = client.get_experiment_by_name(experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -1,0 +1,117 @@
+"""Hydra multirun sweeps as one MLflow parent run with nested trial runs, against the real server."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from tests.conftest import TINY, client_env
+
+OBJECTIVE = "metrics/mAP_0.5_0.95"
+
+
+def sweep_record(tracking_server, experiment: str):
+    """(parent run, child runs sorted by trial, rows of the parent's trials.csv)"""
+    client = tracking_server.client()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parent = max((r for r in runs if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time)
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: int(r.data.tags["sweep_trial"]))
+    key = f"{parent.info.experiment_id}/{parent.info.run_id}/artifacts/sweep/trials.csv"
+    table = tracking_server.s3().get_object(Bucket="mlflow", Key=key)["Body"].read().decode()
+    return parent, children, list(csv.DictReader(io.StringIO(table)))
+
+
+def test_grid_sweep_nests_every_trial_and_names_the_best(train, tracking_server):
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-grid")
+    proc = train("-m", *TINY, "train.epochs=1", "model=yolov5n,yolov5s", "hyp.lr0=0.01,0.001", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parent, children, rows = sweep_record(tracking_server, "e2e-grid")
+    assert len(children) == 4 and [int(c.data.tags["sweep_trial"]) for c in children] == [0, 1, 2, 3]
+    assert {(c.data.params["model.name"], c.data.params["hyp.lr0"]) for c in children} == {
+        ("yolov5n", "0.01"), ("yolov5n", "0.001"), ("yolov5s", "0.01"), ("yolov5s", "0.001")}
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    assert "model=yolov5n,yolov5s" in parent.data.tags["sweep_overrides"]
+
+    assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
+    for row, child in zip(rows, children):
+        assert row["status"] == "FINISHED" and float(row["objective"]) == pytest.approx(child.data.metrics[OBJECTIVE])
+        assert row["overrides"] == child.data.tags["hydra_overrides"]
+    best = max(children, key=lambda c: c.data.metrics[OBJECTIVE])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/metrics/mAP_0.5_0.95"] == pytest.approx(best.data.metrics[OBJECTIVE])
+
+
+def test_failed_trials_never_stop_the_others_and_fail_the_parent(train, tracking_server):
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-grid-failing")
+    # imgsz=100 is refused before training; device=0 fails inside YOLOv5 (no GPU here). Only (64, cpu) can finish.
+    proc = train("-m", *TINY, "train.epochs=1", "train.imgsz=64,100", "train.device=cpu,0", env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    parent, children, rows = sweep_record(tracking_server, "e2e-grid-failing")
+    assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FAILED", "FAILED"]
+    assert children[2].data.tags["error"].startswith("train.imgsz: must be a positive multiple of 32")
+    assert parent.info.status == "FAILED"
+    for trial in ("1 (", "2 (", "3 ("):
+        assert trial in parent.data.tags["failed_trials"]
+    assert parent.data.tags["best_run_id"] == children[0].info.run_id
+    assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED", "FAILED"]
+
+
+def test_parallel_sweep_on_sqlite_loses_nothing(train, tracking_server):
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-parallel-sqlite")
+    proc = train("-m", "hydra/launcher=parallel", "sweep.n_jobs=4", *TINY, "train.epochs=2",
+                 "hyp.lr0=0.01,0.005,0.002,0.001", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parent, children, rows = sweep_record(tracking_server, "e2e-parallel-sqlite")
+    assert parent.info.status == "FINISHED" and len(children) == 4 and len(rows) == 4
+    assert "joblib" in parent.data.tags["sweep_launcher"]
+    client = tracking_server.client()
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, OBJECTIVE)
+        assert sorted(m.step for m in history) == [0, 1]
+    server_log = tracking_server.log.read_text()
+    assert "Traceback" not in server_log and "database is locked" not in server_log
+
+
+def test_parallel_sweep_on_postgresql_loses_nothing(train, postgres_tracking_server):
+    env = client_env(MLFLOW_TRACKING_URI=postgres_tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-parallel-postgres")
+    proc = train("-m", "hydra/launcher=parallel", "sweep.n_jobs=4", *TINY, "train.epochs=2",
+                 "hyp.lr0=0.01,0.005,0.002,0.001", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parent, children, rows = sweep_record(postgres_tracking_server, "e2e-parallel-postgres")
+    assert parent.info.status == "FINISHED" and len(children) == 4 and len(rows) == 4
+    client = postgres_tracking_server.client()
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, OBJECTIVE)) == [0, 1]
+    assert "Traceback" not in postgres_tracking_server.log.read_text()
+
+
+def test_optuna_sweep_returns_the_logged_objective_and_resumes(train, tracking_server, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-optuna")
+    search = ["-m", "hparams_search=lr_mosaic", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_jobs=1",
+              *TINY, "train.epochs=1"]
+    proc = train(*search, "hydra.sweeper.n_trials=2", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parent, children, rows = sweep_record(tracking_server, "e2e-optuna")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert "hyp.lr0" in parent.data.tags["sweep_search_space"]
+
+    study = optuna.load_study(study_name="e2e-optuna-lr-mosaic", storage=storage)
+    logged = {round(float(c.data.params["hyp.lr0"]), 12): c.data.metrics[OBJECTIVE] for c in children}
+    told = {round(t.params["hyp.lr0"], 12): t.value for t in study.trials}
+    assert told == pytest.approx(logged)  # what each trial returned is what it logged
+    assert parent.data.metrics["best/metrics/mAP_0.5_0.95"] == pytest.approx(study.best_value)
+    best = next(c for c in children if c.info.run_id == parent.data.tags["best_run_id"])
+    assert float(best.data.params["hyp.lr0"]) == pytest.approx(study.best_params["hyp.lr0"])
+
+    # Interrupted or not, the same study continues: 3 wanted, 2 done, so one more trial runs.
+    proc = train(*search, "hydra.sweeper.n_trials=3", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(optuna.load_study(study_name="e2e-optuna-lr-mosaic", storage=storage).trials) == 3
