@@ -72,8 +72,10 @@ def _in_sweep() -> bool:
 def _sweep_tags() -> Dict[str, str]:
     """In a sweep: the parent run (set by train.tracking.sweep) and this trial's number."""
     parent = os.environ.get(PARENT_RUN_ENV)
-    trial = os.environ.get(TRIAL_ENV, str(HydraConfig.get().job.num))
-    return {"mlflow.parentRunId": parent, "sweep_trial": trial} if parent else {}
+    if not parent:
+        return {}
+    trial = os.environ.get(TRIAL_ENV) or str(HydraConfig.get().job.num)  # job.num exists in a multirun only
+    return {"mlflow.parentRunId": parent, "sweep_trial": trial}
 
 
 def _overrides() -> str:

@@ -58,7 +58,8 @@ def registry(docker_engine, tmp_path_factory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = workdir / "config.yml"
-    config.write_text(yaml.safe_dump({"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}},
+    storage = DOCKER_ROOT.parent / "registry"  # beside the engine's images: layers pushed once stay pushed
+    config.write_text(yaml.safe_dump({"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(storage)}},
                                       "http": {"addr": f"127.0.0.1:{port}"}}))
     log = workdir / "registry.log"
     server = start(["docker-registry", "serve", str(config)], dict(os.environ), log)

@@ -134,6 +134,18 @@ def test_sweep_entry_point_in_docker_nests_trials_under_the_project_run(tracking
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children) and len(rows) == 2
 
 
+def test_sweep_entry_point_as_one_kubernetes_job(tracking_server, base_image, project_copy, registry, kube, tmp_path):
+    from tests.e2e.test_sweeps import sweep_record
+
+    proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-sweep", "-e", "sweep",
+                                "-P", f"sweep={' '.join(TINY)} train.epochs=1 hyp.lr0=0.01,0.001")
+    assert proc.returncode == 0, proc.stderr[-3000:] + job.logs[-3000:]
+    parent, children, rows = sweep_record(tracking_server, "e2e-kubernetes-sweep")
+    assert parent.info.run_id == {v["name"]: v.get("value") for v in
+                                  job.manifest["spec"]["template"]["spec"]["containers"][0]["env"]}["MLFLOW_RUN_ID"]
+    assert parent.info.status == "FINISHED" and len(children) == 2 and len(rows) == 2
+
+
 def test_kubernetes_launcher_runs_each_trial_as_a_job(tracking_server, base_image, project_copy, registry, kube,
                                                      tmp_path, cache_dir):
     from tests.conftest import train_cli
@@ -145,7 +157,8 @@ def test_kubernetes_launcher_runs_each_trial_as_a_job(tracking_server, base_imag
         "-m", "hydra/launcher=kubernetes", f"hydra.launcher.backend_config={backend}",
         f"hydra.launcher.project_dir={project_copy}", "hydra.launcher.max_parallel=2", "hydra.launcher.poll_interval_s=1",
         *TINY, "train.epochs=1", "hyp.lr0=0.01,0.005,0.002"], env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    pods = "\n".join(job.logs[-1500:] for job in standin.jobs.values())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + pods
     assert len(standin.jobs) == 3 and standin.max_concurrent() <= 2
     for job in standin.jobs.values():
         kubernetes_validate.validate(job.manifest, kubernetes_validate.latest_version(), strict=True)
