@@ -59,35 +59,23 @@ def test_failed_trials_never_stop_the_others_and_fail_the_parent(train, tracking
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED", "FAILED"]
 
 
-def test_parallel_sweep_on_sqlite_loses_nothing(train, tracking_server):
-    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-parallel-sqlite")
+@pytest.mark.parametrize("backend", ["tracking_server", "postgres_tracking_server"], ids=["sqlite", "postgresql"])
+def test_parallel_sweep_loses_nothing(train, request, backend):
+    server = request.getfixturevalue(backend)
+    experiment = f"e2e-parallel-{backend}"
+    env = client_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=experiment)
     proc = train("-m", "hydra/launcher=parallel", "sweep.n_jobs=4", *TINY, "train.epochs=2",
                  "hyp.lr0=0.01,0.005,0.002,0.001", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    parent, children, rows = sweep_record(tracking_server, "e2e-parallel-sqlite")
+    parent, children, rows = sweep_record(server, experiment)
     assert parent.info.status == "FINISHED" and len(children) == 4 and len(rows) == 4
     assert "joblib" in parent.data.tags["sweep_launcher"]
-    client = tracking_server.client()
-    for child in children:
-        assert child.info.status == "FINISHED"
-        history = client.get_metric_history(child.info.run_id, OBJECTIVE)
-        assert sorted(m.step for m in history) == [0, 1]
-    server_log = tracking_server.log.read_text()
-    assert "Traceback" not in server_log and "database is locked" not in server_log
-
-
-def test_parallel_sweep_on_postgresql_loses_nothing(train, postgres_tracking_server):
-    env = client_env(MLFLOW_TRACKING_URI=postgres_tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-parallel-postgres")
-    proc = train("-m", "hydra/launcher=parallel", "sweep.n_jobs=4", *TINY, "train.epochs=2",
-                 "hyp.lr0=0.01,0.005,0.002,0.001", env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    parent, children, rows = sweep_record(postgres_tracking_server, "e2e-parallel-postgres")
-    assert parent.info.status == "FINISHED" and len(children) == 4 and len(rows) == 4
-    client = postgres_tracking_server.client()
+    client = server.client()
     for child in children:
         assert child.info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, OBJECTIVE)) == [0, 1]
-    assert "Traceback" not in postgres_tracking_server.log.read_text()
+    server_log = server.log.read_text()
+    assert "Traceback" not in server_log and "database is locked" not in server_log
 
 
 def test_optuna_sweep_returns_the_logged_objective_and_resumes(train, tracking_server, tmp_path):
