@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -154,6 +155,9 @@ def train_and_track(cfg: DictConfig) -> float:
         config["train"]["device"] = device_for_trial(HydraConfig.get().job.num, torch.cuda.device_count())
 
     tracking_uri = resolve_tracking_uri(config["mlflow"]["tracking_uri"])
+    # SIGTERM (a Kubernetes eviction, a `kill`) ends the run like Ctrl-C: KILLED, with its log and outputs uploaded
+    # within the pod's grace period, instead of a process gone and a run left RUNNING.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         metrics = _train_in_run(config, data_yaml, out_dir, tracking_uri)
     except KeyboardInterrupt:

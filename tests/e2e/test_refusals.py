@@ -83,23 +83,25 @@ def test_failing_training_ends_failed_with_log_uploaded(train, tracking_server, 
         tracking_server.bucket_keys(f"{run.info.experiment_id}/{run.info.run_id}/")
 
 
-def test_ctrl_c_ends_the_run_killed_with_its_log(tracking_server, cache_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_ends_the_run_killed_with_its_log(signum, tracking_server, cache_dir, tmp_path):
+    experiment = f"e2e-interrupted-{signum.name}"
     env = {"YOLOV5_MLFLOW_CACHE": str(cache_dir),
-           **client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-interrupted")}
+           **client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME=experiment)}
     proc = subprocess.Popen([sys.executable, "-m", "train", *TINY, "train.epochs=50"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = tracking_server.client()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:  # wait for a live metric: training is under way
-        experiment = client.get_experiment_by_name("e2e-interrupted")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id]) if found else []
         if runs and runs[0].data.metrics:
             break
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
-    [run] = client.search_runs([client.get_experiment_by_name("e2e-interrupted").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "KILLED"
     key = f"{run.info.experiment_id}/{run.info.run_id}/artifacts/logs/train.log"
     assert "KeyboardInterrupt" in tracking_server.s3().get_object(Bucket="mlflow", Key=key)["Body"].read().decode()
