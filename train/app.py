@@ -109,9 +109,9 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
 
     device = yolo.resolve_device(config["train"]["device"])
     tags = {**_run_tags(config, device, torch.cuda.is_available(), _overrides()), **_sweep_tags()}
-    opt = yolo.build_opt(config, data_yaml, out_dir)
     log_path = out_dir / "train.log"
     with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags) as run:
+        opt = yolo.build_opt(config, data_yaml, out_dir)  # inside the run: whatever fails from here is recorded
         # `mlflow run` logs its -P parameters first, some under train_wrapper.py's flat names (epochs, imgsz,
         # ...): params are write-once, so those stay as given; the dotted keys hold the resolved values.
         logged = mlflow.get_run(run.info.run_id).data.params
