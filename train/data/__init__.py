@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Dict
 
@@ -11,14 +10,14 @@ from omegaconf import DictConfig
 
 from train.data import coco128, synthetic
 from train.data.errors import DatasetError
+from train.yolo import yolov5_package_dir
 
 __all__ = ["DatasetError", "prepare"]
 
 
 def _coco_names() -> Dict[int, str]:
     # The 80 class names, from the data yaml the yolov5 package ships (found without importing yolov5).
-    package = Path(importlib.util.find_spec("yolov5").submodule_search_locations[0])  # type: ignore[union-attr,index]
-    return yaml.safe_load((package / "data" / "coco128.yaml").read_text())["names"]
+    return yaml.safe_load((yolov5_package_dir() / "data" / "coco128.yaml").read_text())["names"]
 
 
 def _layout(data: DictConfig, datasets_dir: Path) -> Dict[str, object]:

@@ -44,17 +44,23 @@ def all_params(config: Mapping[str, Any]) -> Dict[str, str]:
     return {**flatten(config), **legacy_params(config)}
 
 
+def experiment_id_for(client: mlflow.MlflowClient, experiment_name: str, tags: Mapping[str, str]) -> str:
+    """A sweep trial's parent's experiment; else the named one, created on first use."""
+    parent = tags.get("mlflow.parentRunId")
+    if parent:
+        return client.get_run(parent).info.experiment_id
+    experiment = client.get_experiment_by_name(experiment_name)
+    return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+
+
 @contextmanager
 def active_run(tracking_uri: str, experiment_name: str, run_name: str,
                tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
     """A new run, or the one named by MLFLOW_RUN_ID (as `mlflow run` and Kubernetes Jobs set it)."""
     mlflow.set_tracking_uri(tracking_uri)
     existing = os.environ.get("MLFLOW_RUN_ID")
-    parent = tags.get("mlflow.parentRunId")
-    if parent and not existing:  # a sweep's trial: in its parent's experiment
-        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(parent).info.experiment_id)
-    elif not existing:
-        mlflow.set_experiment(experiment_name)
+    if not existing:
+        mlflow.set_experiment(experiment_id=experiment_id_for(mlflow.MlflowClient(), experiment_name, tags))
     run = mlflow.start_run(run_id=existing or None, run_name=None if existing else run_name, tags=dict(tags))
     try:
         yield run
@@ -74,11 +80,5 @@ def run_url(tracking_uri: str, info: RunInfo) -> str:
 def record_refused_run(tracking_uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str]) -> None:
     """A FAILED run that only says why it never started (a sweep trial refused for bad input)."""
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    parent = tags.get("mlflow.parentRunId")
-    if parent:
-        experiment_id = client.get_run(parent).info.experiment_id
-    else:
-        experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    run = client.create_run(experiment_id_for(client, experiment_name, tags), run_name=run_name, tags=dict(tags))
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -34,11 +34,6 @@ def _client(config: DictConfig):
     return MlflowClient(tracking_uri=resolve_tracking_uri(config.mlflow.tracking_uri))
 
 
-def _experiment_id(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
-
-
 def _trial_row(run, objective: str) -> Dict[str, Any]:
     tags = run.data.tags
     return {
@@ -65,8 +60,11 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: Optional[str] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from train.tracking.run import experiment_id_for
+
         client = _client(config)
-        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, config.mlflow.experiment_name)
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or experiment_id_for(
+            client, config.mlflow.experiment_name, tags={})
         sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
         tags = {
             "sweep_overrides": " ".join(config.hydra.overrides.task),
