@@ -115,21 +115,42 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
         stop(server)
 
 
+class ManagedTrackingServer:
+    """`mlflow server` as deploy/ runs it, which a test may stop and start again (same port, same database).
+
+    Only the server knows the S3 endpoint and credentials: training processes get none.
+    """
+
+    def __init__(self, workdir: Path, backend_store_uri: str, s3_endpoint: str, **env: str) -> None:
+        self.port = free_port()
+        self.log = workdir / "mlflow-server.log"
+        self.env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **env}
+        self.command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                        "--backend-store-uri", backend_store_uri,
+                        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2"]
+        self.tracking = TrackingServer(uri=f"http://127.0.0.1:{self.port}", s3_endpoint=s3_endpoint, log=self.log)
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> TrackingServer:
+        with open(self.log, "ab") as out:  # appended: one log over restarts
+            self._process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+        wait_until_up(f"{self.tracking.uri}/health", self._process, self.log)
+        return self.tracking
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop(self._process)
+            self._process = None
+
+
 def start_tracking_server(workdir: Path, backend_store_uri: str, s3_endpoint: str) -> Iterator[TrackingServer]:
-    """`mlflow server` as deploy/ runs it; only the server knows the S3 endpoint and credentials."""
-    port = free_port()
-    log = workdir / "mlflow-server.log"
-    server_env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-    server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                    "--backend-store-uri", backend_store_uri,
-                    "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2"],
-                   server_env, log)
-    uri = f"http://127.0.0.1:{port}"
+    """A tracking server for as long as the generator is open."""
+    server = ManagedTrackingServer(workdir, backend_store_uri, s3_endpoint)
     try:
-        wait_until_up(f"{uri}/health", server, log)
-        yield TrackingServer(uri=uri, s3_endpoint=s3_endpoint, log=log)
+        yield server.start()
     finally:
-        stop(server)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from train import offline
-from train.cli import exit_bad_input
+from train.cli import EXIT_BAD_INPUT
 from train.config import CONF_DIR, ConfigError, register_schema, to_container, validate
 from train.console import ConsoleTee
 from train.data import DatasetError, prepare
+from train.interrupts import CheckpointSafeInterrupts
 from train.tracking.sweep import PARENT_RUN_ENV, TRIAL_ENV
 
 EXIT_TRAINING_FAILED = 1
+# The tracking server or artifact store could not be reached at start, or did not take the whole record.
+EXIT_TRACKING_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
 
 register_schema()
@@ -43,25 +45,16 @@ def _run_tags(config: Mapping[str, Any], device: str, gpu_available: bool, overr
     }
 
 
-def _upload_outputs(save_dir: Path, log_path: Path, out_dir: Path) -> None:
-    import mlflow
-
-    if log_path.is_file():
-        mlflow.log_artifact(str(log_path), "logs")
-    if save_dir.is_dir():
-        mlflow.log_artifacts(str(save_dir), "training-output")
-    mlflow.log_artifacts(str(out_dir / ".hydra"), "config/hydra")
-
-
-def _print_where_to_look(tracking_uri: str, status: str) -> None:
+def _print_where_to_look(tracking_uri: str, run_id: str, status: str) -> None:
     import mlflow
 
     from train.tracking.run import run_url
 
-    run = mlflow.last_active_run()
-    if run is None:
+    if not run_id:
         return
-    print(f"MLflow run {run.info.run_id} ended {status}: {run_url(tracking_uri, run.info)}")
+
+    info = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info
+    print(f"MLflow run {run_id} ended {status}: {run_url(tracking_uri, info)}")
     if tracking_uri.startswith("sqlite:"):
         print(f"Open it with: mlflow ui --backend-store-uri {tracking_uri}")
 
@@ -79,57 +72,109 @@ def _sweep_tags() -> Dict[str, str]:
     return {"mlflow.parentRunId": parent, "sweep_trial": trial}
 
 
-def _overrides() -> str:
-    return " ".join(HydraConfig.get().overrides.task)
+def _overrides() -> List[str]:
+    return list(HydraConfig.get().overrides.task)
 
 
-def _refuse(error: Exception, config: Mapping[str, Any]) -> float:
-    """Bad input: one line, exit 2, no run. A sweep's trial is recorded as a FAILED child run that says why,
-    so the sweep's record names it, and in a multirun the other trials go on."""
+def _refuse(error: Exception, config: Mapping[str, Any], exit_code: int = EXIT_BAD_INPUT) -> float:
+    """Refused before a run exists: one line, a non-zero exit, no run. A sweep's trial is recorded as a FAILED
+    child run that says why, so the sweep's record names it, and in a multirun the other trials go on."""
+    from train.tracking.names import redact
+
     sweep_tags = _sweep_tags()
-    if sweep_tags:
+    if sweep_tags and exit_code == EXIT_BAD_INPUT:
         from train.tracking.run import record_refused_run, resolve_tracking_uri
 
         record_refused_run(resolve_tracking_uri(config["mlflow"]["tracking_uri"]), config["mlflow"]["experiment_name"],
                            config["mlflow"]["run_name"],
-                           {**sweep_tags, "hydra_overrides": _overrides(), "error": str(error)})
-    if not _in_sweep():
-        exit_bad_input(error)  # type: ignore[arg-type]
+                           {**sweep_tags, "hydra_overrides": redact(" ".join(_overrides())), "error": str(error)})
     print(f"error: {error}", file=sys.stderr)
+    if not _in_sweep():
+        sys.exit(exit_code)
     return math.nan
 
 
-def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tracking_uri: str) -> Dict[str, float]:
+def _finish_record(spool, run_id: str, out_dir: Path, log_path: Path, tracking_uri: str, timeout_s: float,
+                   outcome: BaseException | None) -> None:
+    """Every metric delivered and every output uploaded, or RecordIncomplete with the rest kept locally."""
+    import mlflow
+
+    from train import yolo
+    from train.tracking.run import RecordIncomplete, end_status, one_line, upload_outputs
+    from train.tracking.spool import PendingRecord
+
+    undelivered = spool.close(timeout_s)
+    pending = PendingRecord(tracking_uri=tracking_uri, run_id=run_id, status=end_status(outcome), epochs=undelivered)
+    if not undelivered:
+        try:
+            upload_outputs(mlflow.MlflowClient(), run_id, out_dir, yolo.save_dir(out_dir), log_path)
+            return
+        except Exception as error:  # noqa: BLE001 - the server went away between the metrics and the files
+            reason = f"uploading the outputs failed: {one_line(error)}"
+    else:
+        reason = f"{len(undelivered)} epochs of metrics were not delivered ({spool.last_error})"
+    path = pending.save(out_dir)
+    raise RecordIncomplete(f"the tracking server did not take the whole record: {reason}; it is kept in {path}: "
+                           f"deliver it with `python -m train.tracking.sync {out_dir}`") from outcome
+
+
+def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tracking_uri: str,
+                  resume_run_id: str | None, interrupts: CheckpointSafeInterrupts) -> Dict[str, float]:
     import mlflow
     import torch
 
     from train import yolo
+    from train.tracking import resume
     from train.tracking.hooks import MlflowHooks
-    from train.tracking.run import active_run, all_params
+    from train.tracking.names import redact
+    from train.tracking.run import active_run, all_params, check_artifacts_writable
+    from train.tracking.spool import MetricSpool
 
     device = yolo.resolve_device(config["train"]["device"])
-    tags = {**_run_tags(config, device, torch.cuda.is_available(), _overrides()), **_sweep_tags()}
+    tags = {**_run_tags(config, device, torch.cuda.is_available(), redact(" ".join(_overrides()))), **_sweep_tags()}
+    if resume_run_id:
+        tags["resume_overrides"] = tags.pop("hydra_overrides")  # the run's own overrides stay as first recorded
     log_path = out_dir / "train.log"
-    with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags) as run:
+    run_id = resume_run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    startup_timeout_s = config["mlflow"]["startup_timeout_s"]
+    with active_run(tracking_uri, config["mlflow"]["experiment_name"], config["mlflow"]["run_name"], tags,
+                    run_id) as run:
+        run_id = run.info.run_id
         opt = yolo.build_opt(config, data_yaml, out_dir)  # inside the run: whatever fails from here is recorded
-        # `mlflow run` logs its -P parameters first, some under train_wrapper.py's flat names (epochs, imgsz,
-        # ...): params are write-once, so those stay as given; the dotted keys hold the resolved values.
-        logged = mlflow.get_run(run.info.run_id).data.params
-        mlflow.log_params({k: v for k, v in all_params(config).items() if k not in logged})
-        mlflow.log_dict(config, "config/config.yaml")
-        hooks = MlflowHooks(run.info.run_id, yolo.save_dir(out_dir))
+        if resume_run_id:
+            checkpoint = resume.fetch(tracking_uri, run_id, yolo.save_dir(out_dir), log_path)
+            mlflow.set_tag("resumed_at_epoch", str(yolo.continue_from(opt, checkpoint)))
+        else:
+            check_artifacts_writable(run_id, {**config, "mlflow": {**config["mlflow"],
+                                                                     "tracking_uri": redact(tracking_uri)}},
+                                     startup_timeout_s)
+            # `mlflow run` logs its -P parameters first, some under train_wrapper.py's flat names (epochs,
+            # imgsz, ...): params are write-once, so those stay as given; the dotted keys hold the resolved values.
+            logged = mlflow.get_run(run_id).data.params
+            mlflow.log_params({k: v for k, v in all_params(config).items() if k not in logged})
+        spool = MetricSpool(tracking_uri, run_id)
+        outcome: BaseException | None = None
+        hooks = MlflowHooks(spool, yolo.save_dir(out_dir))
         try:
             with ConsoleTee(log_path):
-                print(f"MLflow run {run.info.run_id} in experiment {run.info.experiment_id} at {tracking_uri}")
+                print(f"MLflow run {run_id} in experiment {run.info.experiment_id} at {redact(tracking_uri)}")
                 try:
-                    yolo.train(opt, hooks)
-                except BaseException:
+                    yolo.train(opt, interrupts, hooks)
+                except BaseException as error:
                     traceback.print_exc()  # into train.log, which is uploaded below
+                    outcome = error
                     raise
         finally:
-            hooks.flush()
-            _upload_outputs(yolo.save_dir(out_dir), log_path, out_dir)
+            _finish_record(spool, run_id, out_dir, log_path, tracking_uri, config["mlflow"]["delivery_timeout_s"],
+                           outcome)
     return hooks.last_metrics
+
+
+def _failure_hint(error: Exception) -> str:
+    text = str(error).lower()
+    if "out of memory" in text or "can't allocate memory" in text:
+        return " (out of memory: lower train.batch or train.imgsz)"
+    return ""
 
 
 def train_and_track(cfg: DictConfig) -> float:
@@ -137,15 +182,30 @@ def train_and_track(cfg: DictConfig) -> float:
     config = to_container(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     cache_dir = Path(config["paths"]["cache_dir"])
-    try:
-        validate(cfg)  # again: a sweep's trials never went through the command-line check
-        data_yaml = prepare(cfg.data, cache_dir, out_dir)
-    except (ConfigError, DatasetError) as error:
-        return _refuse(error, config)
+    interrupts = CheckpointSafeInterrupts()
+    # From here SIGTERM (a Kubernetes eviction, a `kill`) ends the run like Ctrl-C: KILLED, with its log,
+    # outputs and last checkpoint uploaded within the pod's grace period, instead of a run left RUNNING.
+    interrupts.install()
     offline.apply(cache_dir)  # before anything below imports yolov5
 
+    from train.tracking import resume
     from train.tracking.names import sanitize_key
-    from train.tracking.run import resolve_tracking_uri
+    from train.tracking.run import RecordIncomplete, TrackingUnavailable, check_reachable, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(config["mlflow"]["tracking_uri"])
+    try:
+        validate(cfg)  # again: a sweep's trials never went through the command-line check
+        check_reachable(tracking_uri, config["mlflow"]["startup_timeout_s"])
+        resumption = resume.plan(tracking_uri, config, _overrides())
+        if resumption:
+            config = resumption.config
+            cfg = OmegaConf.create(config)
+            validate(cfg)
+        data_yaml = prepare(cfg.data, Path(config["paths"]["cache_dir"]), out_dir)
+    except TrackingUnavailable as error:
+        return _refuse(error, config, EXIT_TRACKING_UNAVAILABLE)
+    except (ConfigError, DatasetError) as error:
+        return _refuse(error, config)
 
     if _in_sweep() and not config["train"]["device"]:
         import torch
@@ -154,25 +214,40 @@ def train_and_track(cfg: DictConfig) -> float:
 
         config["train"]["device"] = device_for_trial(HydraConfig.get().job.num, torch.cuda.device_count())
 
-    tracking_uri = resolve_tracking_uri(config["mlflow"]["tracking_uri"])
-    # SIGTERM (a Kubernetes eviction, a `kill`) ends the run like Ctrl-C: KILLED, with its log and outputs uploaded
-    # within the pod's grace period, instead of a process gone and a run left RUNNING.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    run_id = resumption.run_id if resumption else None
     try:
-        metrics = _train_in_run(config, data_yaml, out_dir, tracking_uri)
+        metrics = _train_in_run(config, data_yaml, out_dir, tracking_uri, run_id, interrupts)
+    except TrackingUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        if _in_sweep():
+            return math.nan
+        sys.exit(EXIT_TRACKING_UNAVAILABLE)
+    except RecordIncomplete as error:
+        print(f"error: {error}", file=sys.stderr)
+        if _in_sweep():
+            return math.nan
+        sys.exit(EXIT_TRACKING_UNAVAILABLE)
     except KeyboardInterrupt:
-        _print_where_to_look(tracking_uri, "KILLED")
-        print("error: training interrupted; the run is recorded as KILLED", file=sys.stderr)
+        _print_where_to_look(tracking_uri, _last_run_id(), "KILLED")
+        print("error: training interrupted; the run is recorded as KILLED, with its last checkpoint: continue it "
+              f"with `python -m train train.resume={_last_run_id()}`", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:
-        _print_where_to_look(tracking_uri, "FAILED")
-        print(f"error: training failed: {type(exc).__name__}: {exc} (traceback in {out_dir / 'train.log'})",
-              file=sys.stderr)
+    except Exception as error:
+        _print_where_to_look(tracking_uri, _last_run_id(), "FAILED")
+        print(f"error: training failed: {type(error).__name__}: {error}{_failure_hint(error)} "
+              f"(traceback in {out_dir / 'train.log'})", file=sys.stderr)
         if _in_sweep():
             return math.nan  # the sweep goes on; its parent run ends FAILED, naming this trial
         sys.exit(EXIT_TRAINING_FAILED)
-    _print_where_to_look(tracking_uri, "FINISHED")
+    _print_where_to_look(tracking_uri, _last_run_id(), "FINISHED")
     return metrics.get(sanitize_key(config["sweep"]["objective"]), math.nan)
+
+
+def _last_run_id() -> str:
+    import mlflow
+
+    run = mlflow.last_active_run()
+    return run.info.run_id if run else ""
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

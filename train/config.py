@@ -7,6 +7,7 @@ whose text is the one line the user sees.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,6 +16,8 @@ from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from train.tracking.names import redact
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_NAMES = ("yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x")
@@ -74,6 +77,8 @@ class TrainConfig:
     single_cls: bool = False
     noval: bool = False
     noplots: bool = False
+    # An MLflow run id: continue that run from the last checkpoint in its artifacts (train/tracking/resume.py).
+    resume: Optional[str] = None
 
 
 @dataclass
@@ -115,6 +120,11 @@ class MlflowConfig:
     experiment_name: str = MISSING
     run_name: str = MISSING
     tags: Dict[str, str] = field(default_factory=dict)
+    # How long to wait at start for the tracking server and artifact store to answer before giving up.
+    startup_timeout_s: float = 15.0
+    # How long, once training ends, to wait for an unreachable server before keeping the undelivered
+    # record locally (train/tracking/spool.py). Keep it well under the Job's terminationGracePeriodSeconds.
+    delivery_timeout_s: float = 120.0
 
 
 @dataclass
@@ -159,6 +169,9 @@ if not OmegaConf.has_resolver("utcnow"):
     OmegaConf.register_new_resolver("utcnow", _utcnow, use_cache=True)
 
 _DEVICE = re.compile(r"^(|cpu|mps|\d+(,\d+)*|cuda:\d+)$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# The stores MLflow can track to ('' = a local path); a typo would otherwise surface as a stack trace mid-start.
+_TRACKING_SCHEMES = ("", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -197,6 +210,11 @@ def validate(cfg: DictConfig) -> None:
         _check(Path(weights).is_absolute(), "model.weights",
                f"must be '' (train from scratch) or an absolute path to a local .pt file, got {weights!r}")
         _check(Path(weights).is_file(), "model.weights", f"no such file: {weights}")
+        _check(os.access(weights, os.R_OK), "model.weights", f"not readable by this user: {weights}")
+        with open(weights, "rb") as f:
+            magic = f.read(4)
+        _check(magic == b"PK\x03\x04" or magic[:1] == b"\x80", "model.weights",
+               f"not a PyTorch checkpoint (neither torch.save's zip nor a pickle): {weights}")
 
     d = cfg.data
     _check(d.name in DATASET_NAMES, "data.name", f"must be one of {', '.join(DATASET_NAMES)}, got {d.name!r}")
@@ -207,6 +225,17 @@ def validate(cfg: DictConfig) -> None:
         _check(s.train_images >= 1, "data.synthetic.train_images", f"must be >= 1, got {s.train_images}")
         _check(s.val_images >= 1, "data.synthetic.val_images", f"must be >= 1, got {s.val_images}")
         _check(s.image_size >= 32, "data.synthetic.image_size", f"must be >= 32, got {s.image_size}")
+
+    _check(t.resume is None or bool(_RUN_ID.match(t.resume)), "train.resume",
+           f"must be an MLflow run id (32 hexadecimal characters), got {t.resume!r}")
+    m = cfg.mlflow
+    _check(m.startup_timeout_s > 0, "mlflow.startup_timeout_s", f"must be > 0, got {m.startup_timeout_s}")
+    _check(m.delivery_timeout_s >= 0, "mlflow.delivery_timeout_s", f"must be >= 0, got {m.delivery_timeout_s}")
+    if m.tracking_uri:
+        scheme = m.tracking_uri.split(":", 1)[0].split("+", 1)[0] if ":" in m.tracking_uri else ""
+        _check(scheme in _TRACKING_SCHEMES, "mlflow.tracking_uri",
+               f"unsupported scheme {scheme!r} in {redact(m.tracking_uri)!r} (use one of: "
+               f"{', '.join(s for s in _TRACKING_SCHEMES if s)}, or a local path)")
 
     _check(cfg.sweep.direction in ("maximize", "minimize"), "sweep.direction",
            f"must be maximize or minimize, got {cfg.sweep.direction!r}")

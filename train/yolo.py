@@ -74,12 +74,44 @@ def save_dir(out_dir: Path) -> Path:
     return out_dir / "yolov5"
 
 
-def train(opt: argparse.Namespace, hooks) -> None:
+def checkpoint_epoch(checkpoint: Path) -> int:
+    """The last epoch a YOLOv5 checkpoint completed."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
+
+
+def _keep_rows_through(results_csv: Path, last_epoch: int) -> None:
+    # Rows past the checkpoint (an epoch recorded but never saved) would be trained and written again.
+    if not results_csv.is_file():
+        return
+    header, *rows = results_csv.read_text().splitlines(keepends=True)
+    results_csv.write_text(header + "".join(r for r in rows if int(r.split(",")[0]) <= last_epoch))
+
+
+def continue_from(opt: argparse.Namespace, checkpoint: Path) -> int:
+    """Make `opt` resume from `checkpoint` (in save_dir/weights) the way YOLOv5's --resume does; the next epoch.
+
+    YOLOv5 reads the options of a resumed run from save_dir/opt.yaml, so ours, with this machine's paths,
+    are written there.
+    """
+    last_epoch = checkpoint_epoch(checkpoint)
+    save = Path(opt.project) / opt.name
+    _keep_rows_through(save / "results.csv", last_epoch)
+    opt.save_dir = str(save)
+    (save / "opt.yaml").write_text(yaml.safe_dump(vars(opt), sort_keys=False))
+    opt.resume = str(checkpoint)
+    return last_epoch + 1
+
+
+def train(opt: argparse.Namespace, *hooks) -> None:
+    """YOLOv5's training; each of `hooks` registers its callbacks (before YOLOv5 adds its own loggers)."""
     from yolov5 import train as yolov5_train
     from yolov5.utils.callbacks import Callbacks
 
     # YOLOv5 7.0.14 calls the deprecated torch.cuda.amp.autocast every batch: one warning per step drowns the log.
     warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
     callbacks = Callbacks()
-    hooks.register(callbacks)
+    for hook in hooks:
+        hook.register(callbacks)
     yolov5_train.main(opt, callbacks=callbacks)

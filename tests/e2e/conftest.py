@@ -6,19 +6,22 @@ is swapped, by its build arg and nothing else, for a Debian image made here with
 
 from __future__ import annotations
 
+import configparser
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Dict, Iterator, Tuple
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, start, stop, wait_until_up
+from tests.conftest import BIN, BUCKET, REPO, S3_CREDENTIALS, TrackingServer, free_port, start, stop, wait_until_up
 
 LOCAL_BASE = "yolov5-mlflow-test-base:bookworm"
 # The persistent data root keeps built images between local test sessions; CI machines start empty anyway.
@@ -155,3 +158,67 @@ def postgres_tracking_server(tmp_path_factory, postgres_uri, s3_endpoint):
     from tests.conftest import start_tracking_server
 
     yield from start_tracking_server(tmp_path_factory.mktemp("tracking-postgres"), postgres_uri, s3_endpoint)
+
+
+# --- A tracking server behind MLflow's basic-auth app, started the way deploy/auth/ starts it -------------------
+
+AUTH_DEPLOY = REPO / "deploy" / "auth"
+
+
+def auth_patch() -> list:
+    """The JSON patch deploy/auth/ applies to the mlflow Deployment."""
+    return yaml.safe_load((AUTH_DEPLOY / "mlflow-auth-patch.yaml").read_text())
+
+
+@dataclass
+class AuthTrackingServer:
+    """The server, and what the test put in the mlflow-auth Secret (deploy/auth/auth-secret.yaml)."""
+
+    server: TrackingServer
+    secret: Dict[str, str]
+    readiness_path: str
+
+    @property
+    def uri(self) -> str:
+        return self.server.uri
+
+    @property
+    def admin(self) -> Tuple[str, str]:
+        return self.secret["MLFLOW_AUTH_ADMIN_USERNAME"], self.secret["MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+
+@pytest.fixture(scope="session")
+def auth_tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[AuthTrackingServer]:
+    """`mlflow server` as deploy/ runs it with deploy/auth/ on: its ini, its Secret's keys as env, its extra args.
+
+    Only the auth database's path differs: it lies in the test's folder, not on the pod's volume.
+    """
+    workdir = tmp_path_factory.mktemp("tracking-auth")
+    ini = configparser.ConfigParser()
+    ini.read(AUTH_DEPLOY / "basic_auth.ini")
+    ini["mlflow"]["database_uri"] = f"sqlite:///{workdir / 'basic_auth.db'}"
+    with open(workdir / "basic_auth.ini", "w") as out:
+        ini.write(out)
+    # Fresh values each session, so a leak of the password can be searched for.
+    secret = {"MLFLOW_AUTH_ADMIN_USERNAME": "e2e-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+              "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+    template = yaml.safe_load((AUTH_DEPLOY / "auth-secret.yaml").read_text())["stringData"]
+    assert set(secret) == set(template), "deploy/auth/auth-secret.yaml's keys changed: update this fixture"
+    patch = auth_patch()
+    extra_args = [op["value"] for op in patch if op["path"].endswith("/args/-")]
+    readiness_path = next(op["value"] for op in patch if op["path"].endswith("/readinessProbe/httpGet/path"))
+
+    port = free_port()
+    log = workdir / "mlflow-server.log"
+    server_env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+                  "MLFLOW_AUTH_CONFIG_PATH": str(workdir / "basic_auth.ini"), **secret}
+    server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                    "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+                    "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2",
+                    *extra_args], server_env, log)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{uri}{readiness_path}", server, log)  # as the kubelet asks: anonymous
+        yield AuthTrackingServer(TrackingServer(uri=uri, s3_endpoint=s3_endpoint, log=log), secret, readiness_path)
+    finally:
+        stop(server)

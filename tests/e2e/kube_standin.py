@@ -6,8 +6,12 @@ kubelet's part with the real Docker engine: the Job's first container runs from 
 digest, pulled from the registry it was pushed to), with its command and the env as submitted.
 The Job's status follows that container: active while it runs, then Complete or Failed.
 
-What it does not do, and a cluster would: scheduling, resource requests (no GPU here), Secrets
-(`valueFrom`/`envFrom` entries are skipped), retries under backoffLimit, volumes other than
+Secrets are only what a test registers in `secrets` (name -> key -> value): an env entry's
+`secretKeyRef` is looked up there, a missing optional one leaves the variable unset, a missing
+required one fails the Job without running it (a cluster's CreateContainerConfigError).
+
+What it does not do, and a cluster would: scheduling, resource requests (no GPU here), other
+`valueFrom` sources and `envFrom` (skipped), retries under backoffLimit, volumes other than
 /dev/shm (mapped to --shm-size).
 """
 
@@ -45,6 +49,7 @@ class SubmittedJob:
 class KubeStandIn:
     def __init__(self, docker_network: str = "host") -> None:
         self.jobs: Dict[str, SubmittedJob] = {}
+        self.secrets: Dict[str, Dict[str, str]] = {}  # the namespace's Secrets: name -> key -> value
         self.docker_network = docker_network
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -83,13 +88,25 @@ class KubeStandIn:
         if user is not None:
             command.append(f"--user={user}")
         for variable in container.get("env", []):
-            if "value" in variable:  # valueFrom needs the cluster's Secrets: skipped by the stand-in
-                command += ["-e", f"{variable['name']}={variable['value']}"]
+            value = self._env_value(variable)
+            if value is not None:
+                command += ["-e", f"{variable['name']}={value}"]
         # What the kubelet would inject into every pod.
         command += ["-e", "KUBERNETES_SERVICE_HOST=127.0.0.1", "-e", "KUBERNETES_SERVICE_PORT=443"]
         command += [f"--entrypoint={container['command'][0]}", container["image"], *container["command"][1:],
                     *container.get("args", [])]
         return command
+
+    def _env_value(self, variable: dict) -> Optional[str]:
+        if "value" in variable:
+            return variable["value"]
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            return None  # fieldRef, configMapKeyRef, ...: not stood in for
+        value = self.secrets.get(ref["name"], {}).get(ref["key"])
+        if value is None and not ref.get("optional", False):
+            raise LookupError(f"secret {ref['name']!r} has no key {ref['key']!r}")
+        return value
 
     def max_concurrent(self) -> int:
         """The most Jobs that were running at the same time."""
@@ -103,15 +120,19 @@ class KubeStandIn:
     def _run(self, job: SubmittedJob) -> None:
         job.status = {"startTime": _now(), "active": 1}
         job.started = time.monotonic()
-        proc = subprocess.run(self._docker_command(job.manifest), capture_output=True, text=True)
+        try:
+            proc = subprocess.run(self._docker_command(job.manifest), capture_output=True, text=True)
+            job.logs, job.exit_code = proc.stdout + proc.stderr, proc.returncode
+            message = f"container exited with {proc.returncode}"
+        except LookupError as missing:  # the container never starts
+            job.logs, job.exit_code, message = str(missing), None, f"CreateContainerConfigError: {missing}"
         job.ended = time.monotonic()
-        job.logs, job.exit_code = proc.stdout + proc.stderr, proc.returncode
-        ok = proc.returncode == 0
+        ok = job.exit_code == 0
         job.status = {
             "startTime": job.status["startTime"], "completionTime": _now(),
             "succeeded" if ok else "failed": 1,
             "conditions": [{"type": "Complete" if ok else "Failed", "status": "True", "lastTransitionTime": _now(),
-                            "message": f"container exited with {proc.returncode}"}],
+                            "message": message}],
         }
         job.done.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import shutil
@@ -17,7 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 K8S_VERSION = kubernetes_validate.latest_version()
 DEPLOY = REPO / "deploy"
 KUSTOMIZATION = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-MANIFESTS = [REPO / "kubernetes_job_template.yaml", *(DEPLOY / name for name in KUSTOMIZATION["resources"])]
+AUTH = DEPLOY / "auth"
+AUTH_COMPONENT = yaml.safe_load((AUTH / "kustomization.yaml").read_text())
+AUTH_RESOURCES = [AUTH / name for name in AUTH_COMPONENT["resources"]]  # deploy/auth/'s Secret templates
+MANIFESTS = [REPO / "kubernetes_job_template.yaml", *(DEPLOY / name for name in KUSTOMIZATION["resources"]),
+             *AUTH_RESOURCES]
 
 
 def documents(path: Path) -> list:
@@ -82,8 +87,11 @@ def test_server_image_pins_the_projects_mlflow():
     assert KUSTOMIZATION["images"][0]["newTag"] == pins["mlflow"]
 
 
-def test_secret_is_a_template():
-    [secret] = documents(DEPLOY / "credentials-secret.yaml")
+@pytest.mark.parametrize("path", [DEPLOY / "credentials-secret.yaml", *AUTH_RESOURCES],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_secret_is_a_template(path):
+    [secret] = documents(path)
+    assert secret["kind"] == "Secret"
     assert all(value.startswith("replace-with-") for value in secret["stringData"].values())
 
 
@@ -96,11 +104,15 @@ def test_dockerfile_python_matches_conda_yaml():
     assert pip_section == ["-r requirements.txt", "-c requirements.lock"]  # one pinned list, not two
 
 
-def test_kustomize_renders_deploy_into_valid_objects_in_kubeflow():
-    """What `kubectl apply -k deploy/` would send, rendered by kubectl's own kustomize, without a cluster."""
+def kustomize(folder: Path) -> list:
+    """The objects `kubectl apply -k folder` would send, rendered by kubectl's own kustomize (no cluster)."""
     kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
-    rendered = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, check=True).stdout
-    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    rendered = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def test_kustomize_renders_deploy_into_valid_objects_in_kubeflow():
+    objects = kustomize(DEPLOY)
     kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
     assert kinds == ["Deployment/minio", "Deployment/mlflow", "Job/minio-create-bucket",
                      "PersistentVolumeClaim/minio-data", "PersistentVolumeClaim/mlflow-db",
@@ -110,3 +122,78 @@ def test_kustomize_renders_deploy_into_valid_objects_in_kubeflow():
         validate(obj)
     mlflow = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
     assert mlflow["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/ml/mlflow-server:3.17.2"
+
+
+def test_job_template_logs_in_from_an_optional_secret():
+    [job] = documents(REPO / "kubernetes_job_template.yaml")
+    env = {v["name"]: v for v in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    [tracking_secret] = documents(AUTH / "tracking-credentials-secret.yaml")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == tracking_secret["metadata"]["name"] and ref["key"] in tracking_secret["stringData"]
+        assert ref["optional"] is True  # pods still start where the server has no auth and no such Secret
+
+
+@pytest.fixture(scope="module")
+def deploy_with_auth(tmp_path_factory) -> list:
+    """deploy/ rendered as a user turns auth on: the commented `components` entry uncommented."""
+    copy = tmp_path_factory.mktemp("deploy") / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    text = (copy / "kustomization.yaml").read_text()
+    assert "# components:\n#   - auth\n" in text  # the switch kustomization.yaml tells the user about
+    (copy / "kustomization.yaml").write_text(text.replace("# components:\n#   - auth\n", "components:\n  - auth\n"))
+    return kustomize(copy)
+
+
+def test_auth_component_renders_valid_objects_in_kubeflow(deploy_with_auth):
+    kinds = {f"{o['kind']}/{o['metadata']['name']}" for o in deploy_with_auth}
+    assert {"Secret/mlflow-auth", "Secret/mlflow-tracking-credentials"} <= kinds
+    assert any(kind.startswith("ConfigMap/mlflow-auth-config-") for kind in kinds)  # name hashed: restarts on change
+    for obj in deploy_with_auth:
+        assert obj["metadata"]["namespace"] == "kubeflow"
+        validate(obj)
+
+
+def test_auth_component_turns_on_basic_auth_with_credentials_from_a_secret(deploy_with_auth):
+    import mlflow.environment_variables as mlflow_env
+
+    mlflow = next(o for o in deploy_with_auth if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+    pod = mlflow["spec"]["template"]["spec"]
+    [server] = pod["containers"]
+    assert "--app-name=basic-auth" in server["args"] and "--serve-artifacts" in server["args"]  # the rest kept
+    # The Secret's keys become the server's environment, and each is a variable MLflow reads.
+    assert {"secretRef": {"name": "mlflow-auth"}} in server["envFrom"]
+    assert {"secretRef": {"name": "minio-credentials"}} in server["envFrom"]
+    [secret] = documents(AUTH / "auth-secret.yaml")
+    assert set(secret["stringData"]) == {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                                         "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    assert all(hasattr(mlflow_env, key) for key in secret["stringData"])
+    # The ini MLFLOW_AUTH_CONFIG_PATH names is the ConfigMap's, and its auth database is on the runs' volume.
+    env = {v["name"]: v.get("value") for v in server["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    config = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert str(config.parent) == mounts["auth-config"]
+    volume = {v["name"]: v for v in pod["volumes"]}["auth-config"]
+    configmap = next(o for o in deploy_with_auth if o["kind"] == "ConfigMap")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"] and config.name in configmap["data"]
+    ini = configparser.ConfigParser()
+    ini.read_string(configmap["data"][config.name])
+    database = ini["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    assert Path(database).parent == Path(mounts["db"])
+    assert not {"admin_username", "admin_password"} & set(ini["mlflow"])  # credentials only in the Secret
+    assert ini["mlflow"]["default_permission"] == "READ"
+
+
+def test_auth_readiness_probe_asks_the_api_route_auth_leaves_open(deploy_with_auth):
+    # That it answers an anonymous request: tests/e2e/test_auth.py, on a real server.
+    mlflow = next(o for o in deploy_with_auth if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+    [server] = mlflow["spec"]["template"]["spec"]["containers"]
+    probe = server["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/api/3.0/mlflow/server-info"
+    assert probe["httpHeaders"][0]["value"].startswith("mlflow-service.")  # still checks --allowed-hosts
+    assert server["livenessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_server_image_has_what_the_auth_app_needs():
+    # mlflow[auth]'s one extra: without it `mlflow server --app-name basic-auth` exits at start.
+    assert "Flask-WTF==" in (DEPLOY / "mlflow-server.Dockerfile").read_text()

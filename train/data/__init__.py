@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict
 
@@ -13,6 +14,9 @@ from train.data.errors import DatasetError
 from train.yolo import yolov5_package_dir
 
 __all__ = ["DatasetError", "prepare"]
+
+# What YOLOv5 reads as images (its IMG_FORMATS), without importing it.
+IMAGE_SUFFIXES = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm")
 
 
 def _coco_names() -> Dict[int, str]:
@@ -44,6 +48,11 @@ def prepare(data: DictConfig, cache_dir: Path, out_dir: Path) -> Path:
         folder = Path(layout["path"]) / layout[split]  # type: ignore[operator]
         if not folder.is_dir():
             raise DatasetError(f"data.root: {layout['path']} has no {layout[split]} folder")
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            raise DatasetError(f"data.root: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        labels = Path(f"{os.sep}labels{os.sep}".join(str(folder).rsplit(f"{os.sep}images{os.sep}", 1)))
+        if not labels.is_dir() or not any(labels.glob("*.txt")):
+            raise DatasetError(f"data.root: no labels for {folder} (YOLOv5 reads them from {labels}/*.txt)")
     out_dir.mkdir(parents=True, exist_ok=True)
     data_yaml = out_dir / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(layout, sort_keys=False))

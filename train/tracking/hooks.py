@@ -1,9 +1,8 @@
 """YOLOv5 training events, recorded in the active MLflow run as they happen.
 
-Register on RANK -1/0 only, as YOLOv5 does with its own loggers. Metrics leave through MLflow's
-asynchronous logging queue (one batched request per epoch, off the training thread); `flush`
-waits for every one of them and raises if any was refused, so a run never ends FINISHED with
-holes in its history.
+Register on RANK -1/0 only, as YOLOv5 does with its own loggers. Each epoch's metrics go to a
+`MetricSpool` (train/tracking/spool.py): one batched request per epoch, sent off the training
+thread, kept until the server has them.
 """
 
 from __future__ import annotations
@@ -11,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import mlflow
-
 from train.tracking.names import sanitize_key
+from train.tracking.spool import MetricSpool
 
 
 def results_columns(results_csv: Path) -> List[str]:
@@ -24,12 +22,11 @@ def results_columns(results_csv: Path) -> List[str]:
 
 
 class MlflowHooks:
-    def __init__(self, run_id: str, save_dir: Path) -> None:
-        self.run_id = run_id
+    def __init__(self, spool: MetricSpool, save_dir: Path) -> None:
+        self.spool = spool
         self.results_csv = save_dir / "results.csv"
         self.last_metrics: Dict[str, float] = {}
         self._columns: List[str] = []
-        self._pending: List[mlflow.utils.async_logging.run_operations.RunOperations] = []
         self._callbacks = None
 
     def register(self, callbacks) -> None:  # yolov5.utils.callbacks.Callbacks
@@ -46,10 +43,4 @@ class MlflowHooks:
             self._columns = results_columns(self.results_csv)
         metrics = {sanitize_key(name): float(value) for name, value in zip(self._columns, vals)}
         self.last_metrics = metrics
-        self._pending.append(mlflow.log_metrics(metrics, step=epoch, synchronous=False, run_id=self.run_id))
-
-    def flush(self) -> None:
-        """Block until every epoch's metrics are stored; raise if the server refused any."""
-        pending, self._pending = self._pending, []
-        for operation in pending:
-            operation.wait()
+        self.spool.put(epoch, metrics)

@@ -1,22 +1,94 @@
 """Opening, describing and closing the MLflow run that records one training.
 
 The run is a context manager whose exit decides the end state: FINISHED when the body returns,
-KILLED on an interrupt, FAILED on anything else. Nothing of ours leaves a run RUNNING.
+KILLED on an interrupt, FAILED on anything else. Nothing of ours leaves a run RUNNING, with one
+exception that is the honest one: when the server itself is gone at the end (`RecordIncomplete`),
+the end state waits, with the undelivered record, for `python -m train.tracking.sync`.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 import mlflow
+from mlflow import MlflowClient
 from mlflow.entities import RunInfo, RunStatus
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+from mlflow.exceptions import MlflowException
 
-from train.tracking.names import flatten
+from train.tracking.names import flatten, redact
 
 EMBEDDED_DB = "mlflow.db"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server or its artifact store cannot be reached; str() is one line."""
+
+
+class RecordIncomplete(RuntimeError):
+    """Training ended but the server never took all of its record; what is missing is kept locally."""
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return redact(text.splitlines()[0] if text else type(error).__name__)
+
+
+@contextmanager
+def fail_fast_requests(timeout_s: float) -> Iterator[None]:
+    """MLflow's REST calls without retries and with a short timeout (MLflow reads both per request)."""
+    saved = {var.name: os.environ.get(var.name) for var in (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+                                                            MLFLOW_HTTP_REQUEST_TIMEOUT)}
+    os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
+    os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(max(1, math.ceil(timeout_s)))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _refused_credentials(error: Exception) -> bool:
+    return any(f"error code {code}" in str(error) or f"Status code {code}" in str(error) for code in (401, 403))
+
+
+def check_reachable(tracking_uri: str, timeout_s: float) -> None:
+    """Ask the tracking store something cheap until it answers; TrackingUnavailable after `timeout_s`.
+
+    MLflow's own retries take about 4 minutes to give up; a run should not start before we know.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with fail_fast_requests(max(deadline - time.monotonic(), 1)):
+                MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+            return
+        except MlflowException as error:
+            if _refused_credentials(error) or time.monotonic() + 1 > deadline:
+                raise TrackingUnavailable(
+                    f"mlflow.tracking_uri: cannot use {redact(tracking_uri)} (waited {timeout_s:g} s, "
+                    f"mlflow.startup_timeout_s): {one_line(error)}") from error
+            time.sleep(1)
+
+
+def check_artifacts_writable(run_id: str, config: Mapping[str, Any], timeout_s: float) -> None:
+    """The run's first artifact, the resolved config, written within `timeout_s` or TrackingUnavailable."""
+    try:
+        with fail_fast_requests(timeout_s):
+            mlflow.log_dict(dict(config), "config/config.yaml", run_id=run_id)
+    except Exception as error:  # noqa: BLE001 - boto3, requests and MLflow each raise their own
+        uri = mlflow.get_run(run_id).info.artifact_uri
+        raise TrackingUnavailable(f"artifact store: cannot write the run's artifacts to {redact(uri)} "
+                                  f"within {timeout_s:g} s (mlflow.startup_timeout_s): {one_line(error)}") from error
 
 
 def embedded_tracking_uri(folder: Path) -> str:
@@ -41,7 +113,7 @@ def legacy_params(config: Mapping[str, Any]) -> Dict[str, str]:
 
 
 def all_params(config: Mapping[str, Any]) -> Dict[str, str]:
-    return {**flatten(config), **legacy_params(config)}
+    return {key: redact(value) for key, value in {**flatten(config), **legacy_params(config)}.items()}
 
 
 def experiment_id_for(client: mlflow.MlflowClient, experiment_name: str, tags: Mapping[str, str]) -> str:
@@ -53,27 +125,59 @@ def experiment_id_for(client: mlflow.MlflowClient, experiment_name: str, tags: M
     return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
 
 
+def end_status(error: Optional[BaseException]) -> str:
+    if error is None:
+        return RunStatus.to_string(RunStatus.FINISHED)
+    return RunStatus.to_string(RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED)
+
+
+def _forget_active_run() -> None:
+    # The server is unreachable, so mlflow.end_run would spend minutes retrying set_terminated. Dropping
+    # the run from MLflow's stack of active runs (private, pinned MLflow) ends it here and nowhere else.
+    from mlflow.tracking.fluent import _active_run_stack
+
+    _active_run_stack.get().clear()
+    os.environ.pop("MLFLOW_RUN_ID", None)
+
+
 @contextmanager
-def active_run(tracking_uri: str, experiment_name: str, run_name: str,
-               tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """A new run, or the one named by MLFLOW_RUN_ID (as `mlflow run` and Kubernetes Jobs set it)."""
+def active_run(tracking_uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str],
+               run_id: Optional[str] = None) -> Iterator[mlflow.ActiveRun]:
+    """A new run, or `run_id` continued (MLFLOW_RUN_ID, as `mlflow run` and Kubernetes Jobs set it; a resume)."""
     mlflow.set_tracking_uri(tracking_uri)
-    existing = os.environ.get("MLFLOW_RUN_ID")
-    if not existing:
+    if not run_id:
         mlflow.set_experiment(experiment_id=experiment_id_for(mlflow.MlflowClient(), experiment_name, tags))
-    run = mlflow.start_run(run_id=existing or None, run_name=None if existing else run_name, tags=dict(tags))
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags))
     try:
         yield run
-    except BaseException as exc:
-        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-        mlflow.end_run(RunStatus.to_string(status))
+    except RecordIncomplete:
+        _forget_active_run()
         raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    except BaseException as error:
+        if isinstance(error, Exception):
+            mlflow.set_tag("error", f"{type(error).__name__}: {one_line(error)}")
+        mlflow.end_run(end_status(error))
+        raise
+    mlflow.end_run(end_status(None))
+
+
+def upload_outputs(client: MlflowClient, run_id: str, out_dir: Path, save_dir: Path, log_path: Path) -> None:
+    """The console log, every YOLOv5 output, and Hydra's record of the job (credentials in URLs redacted)."""
+    if log_path.is_file():
+        client.log_artifact(run_id, str(log_path), "logs")
+    if save_dir.is_dir():
+        client.log_artifacts(run_id, str(save_dir), "training-output")
+    hydra_dir = out_dir / ".hydra"
+    if hydra_dir.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            for source in hydra_dir.iterdir():
+                (Path(tmp) / source.name).write_text(redact(source.read_text()))
+            client.log_artifacts(run_id, tmp, "config/hydra")
 
 
 def run_url(tracking_uri: str, info: RunInfo) -> str:
     """Where the run shows in the UI: the server's own, or the one `mlflow ui` serves by default."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    base = redact(tracking_uri).rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
 
 
