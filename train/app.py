@@ -164,6 +164,8 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
                     traceback.print_exc()  # into train.log, which is uploaded below
                     outcome = error
                     raise
+                finally:
+                    interrupts.training_ended()
         finally:
             _finish_record(spool, run_id, out_dir, log_path, tracking_uri, config["mlflow"]["delivery_timeout_s"],
                            outcome)

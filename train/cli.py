@@ -9,6 +9,7 @@ Multirun sweeps are checked per trial, inside the task function.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import List, Sequence
 
 from hydra import compose, initialize_config_dir
@@ -64,13 +65,28 @@ def _is_single_run(argv: Sequence[str]) -> bool:
     return not any(a.startswith("-") for a in argv)
 
 
+def _kubernetes_backend_config(argv: Sequence[str]) -> Path | None:
+    """The backend config a sweep on the Kubernetes launcher will use, if that is what argv asks for."""
+    from train.k8s_job_template import DEFAULT_BACKEND_CONFIG
+
+    if "hydra/launcher=kubernetes" not in argv:
+        return None
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.launcher.backend_config=")]
+    return Path(given[-1] if given else DEFAULT_BACKEND_CONFIG)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _is_single_run(argv):
-        try:
+    try:
+        if _is_single_run(argv):
             compose_config(_overrides(argv))
-        except ConfigError as error:
-            exit_bad_input(error)
+        backend_config = _kubernetes_backend_config(argv)
+        if backend_config:
+            from train.k8s_job_template import check
+
+            check(backend_config)  # before a parent run exists and before any image is built
+    except ConfigError as error:
+        exit_bad_input(error)
     from train.app import hydra_main  # heavy imports only once the config is known to be good
 
     hydra_main()

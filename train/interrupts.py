@@ -27,6 +27,11 @@ class CheckpointSafeInterrupts:
         callbacks.register_action("on_model_save", name="checkpoint-end", callback=self._end)
         callbacks.register_action("on_train_end", name="checkpoint-end", callback=self._end)
 
+    def training_ended(self) -> None:
+        """Training is over (a crash may have left the checkpoint section open): interrupts act at once again."""
+        self._saving = False
+        self._deferred = None
+
     def _on_signal(self, signum: int, frame) -> None:
         if self._saving:
             self._deferred = signum

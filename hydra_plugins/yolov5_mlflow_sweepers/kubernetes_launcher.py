@@ -11,7 +11,6 @@ the sweeper. A failed Job is a failed trial, never the end of the sweep.
 """
 
 import copy
-import json
 import logging
 import math
 import os
@@ -56,7 +55,9 @@ class _Trial:
 
 class KubernetesLauncher(Launcher):
     def __init__(self, backend_config: str, project_dir: str, max_parallel: int, poll_interval_s: float) -> None:
-        self.backend_config = json.loads(Path(backend_config).read_text())
+        from train.k8s_job_template import check
+
+        self.backend_config = check(Path(backend_config))
         self.project_dir = str(Path(project_dir).resolve())
         self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s

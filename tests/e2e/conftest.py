@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Tuple
 import pytest
 import yaml
 
-from tests.conftest import BIN, BUCKET, REPO, S3_CREDENTIALS, TrackingServer, free_port, start, stop, wait_until_up
+from tests.conftest import REPO, ManagedTrackingServer, TrackingServer, free_port, start, stop, wait_until_up
 
 LOCAL_BASE = "yolov5-mlflow-test-base:bookworm"
 # The persistent data root keeps built images between local test sessions; CI machines start empty anyway.
@@ -165,11 +165,6 @@ def postgres_tracking_server(tmp_path_factory, postgres_uri, s3_endpoint):
 AUTH_DEPLOY = REPO / "deploy" / "auth"
 
 
-def auth_patch() -> list:
-    """The JSON patch deploy/auth/ applies to the mlflow Deployment."""
-    return yaml.safe_load((AUTH_DEPLOY / "mlflow-auth-patch.yaml").read_text())
-
-
 @dataclass
 class AuthTrackingServer:
     """The server, and what the test put in the mlflow-auth Secret (deploy/auth/auth-secret.yaml)."""
@@ -204,21 +199,14 @@ def auth_tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[AuthTracking
               "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
     template = yaml.safe_load((AUTH_DEPLOY / "auth-secret.yaml").read_text())["stringData"]
     assert set(secret) == set(template), "deploy/auth/auth-secret.yaml's keys changed: update this fixture"
-    patch = auth_patch()
+    patch = yaml.safe_load((AUTH_DEPLOY / "mlflow-auth-patch.yaml").read_text())  # JSON patch of the Deployment
     extra_args = [op["value"] for op in patch if op["path"].endswith("/args/-")]
     readiness_path = next(op["value"] for op in patch if op["path"].endswith("/readinessProbe/httpGet/path"))
 
-    port = free_port()
-    log = workdir / "mlflow-server.log"
-    server_env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-                  "MLFLOW_AUTH_CONFIG_PATH": str(workdir / "basic_auth.ini"), **secret}
-    server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                    "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-                    "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2",
-                    *extra_args], server_env, log)
-    uri = f"http://127.0.0.1:{port}"
+    server = ManagedTrackingServer(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3_endpoint,
+                                   MLFLOW_AUTH_CONFIG_PATH=str(workdir / "basic_auth.ini"), **secret)
+    server.command += extra_args
     try:
-        wait_until_up(f"{uri}{readiness_path}", server, log)  # as the kubelet asks: anonymous
-        yield AuthTrackingServer(TrackingServer(uri=uri, s3_endpoint=s3_endpoint, log=log), secret, readiness_path)
+        yield AuthTrackingServer(server.start(), secret, readiness_path)
     finally:
-        stop(server)
+        server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -20,7 +21,6 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunInfo, RunStatus
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
-from mlflow.exceptions import MlflowException
 
 from train.tracking.names import flatten, redact
 
@@ -35,9 +35,15 @@ class RecordIncomplete(RuntimeError):
     """Training ended but the server never took all of its record; what is missing is kept locally."""
 
 
+# The cause at the bottom of urllib3's "Max retries exceeded ... (Caused by NewConnectionError(...))" chains.
+_NETWORK_CAUSE = re.compile(r"(\[Errno -?\d+\] [^\"')]+|Read timed out|Connection refused|Connection reset by peer)")
+
+
 def one_line(error: BaseException) -> str:
     text = str(error).strip()
-    return redact(text.splitlines()[0] if text else type(error).__name__)
+    first = text.splitlines()[0] if text else type(error).__name__
+    cause = _NETWORK_CAUSE.search(first) if "Max retries exceeded" in first else None
+    return redact(cause.group(1) if cause else first)
 
 
 @contextmanager
@@ -72,7 +78,7 @@ def check_reachable(tracking_uri: str, timeout_s: float) -> None:
             with fail_fast_requests(max(deadline - time.monotonic(), 1)):
                 MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
             return
-        except MlflowException as error:
+        except Exception as error:  # noqa: BLE001 - MLflow, SQLAlchemy and requests each raise their own
             if _refused_credentials(error) or time.monotonic() + 1 > deadline:
                 raise TrackingUnavailable(
                     f"mlflow.tracking_uri: cannot use {redact(tracking_uri)} (waited {timeout_s:g} s, "
@@ -87,7 +93,9 @@ def check_artifacts_writable(run_id: str, config: Mapping[str, Any], timeout_s: 
             mlflow.log_dict(dict(config), "config/config.yaml", run_id=run_id)
     except Exception as error:  # noqa: BLE001 - boto3, requests and MLflow each raise their own
         uri = mlflow.get_run(run_id).info.artifact_uri
-        raise TrackingUnavailable(f"artifact store: cannot write the run's artifacts to {redact(uri)} "
+        where = " (the tracking server proxies them: check its artifact store)" if uri.startswith(
+            "mlflow-artifacts:") else ""
+        raise TrackingUnavailable(f"artifact store: cannot write the run's artifacts to {redact(uri)}{where} "
                                   f"within {timeout_s:g} s (mlflow.startup_timeout_s): {one_line(error)}") from error
 
 
