@@ -20,11 +20,16 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunInfo, RunStatus
-from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT,
+                                          MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
 
 from train.tracking.names import flatten, redact
 
 EMBEDDED_DB = "mlflow.db"
+
+# MLflow prints "View run ... at: <tracking URI>/..." whenever a run ends, credentials in the URI included;
+# the links this package prints are redacted (run_url).
+os.environ.setdefault(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name, "true")
 
 
 class TrackingUnavailable(RuntimeError):
