@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -c requirements.lock
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast system-deps lock clean
+.PHONY: demo test test-fast bench system-deps lock clean
 
 $(VENV)/.runtime: requirements.txt requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.dev system-deps
 ## test-fast: the unit tests only (seconds)
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+## bench: every CPU benchmark (about 15 minutes), written to bench/results/; `python -m bench.gpu` on a CUDA machine
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
 
 ## system-deps: Debian packages the tests drive (Chromium, Docker engine and registry, debootstrap)
 system-deps:

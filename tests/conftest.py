@@ -1,147 +1,24 @@
-"""Real servers for the tests, started here and stopped at the end of the session.
-
-moto's standalone S3 server stands where MinIO stands in the cluster (no MinIO binary is
-reachable here); in front of it a real `mlflow server` with a SQLite backend proxies artifacts
-(`--serve-artifacts --artifacts-destination s3://mlflow`), as deploy/ runs it.
-"""
+"""Fixtures: the real servers of tests/servers.py, started once per session and stopped at its end."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-                  "AWS_DEFAULT_REGION": "us-east-1"}
-BUCKET = "mlflow"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} not up after {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
-def start(command: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
-    # A session of its own: mlflow server forks uvicorn workers, all stopped together by stop().
-    with open(log, "wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-@dataclass
-class TrackingServer:
-    uri: str
-    s3_endpoint: str
-    log: Path
-
-    def s3(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_credentials())
-
-    def bucket_keys(self, prefix: str) -> List[str]:
-        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-    def client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.uri)
-
-    def run_ids(self) -> List[str]:
-        client = self.client()
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        return [r.info.run_id for r in client.search_runs(experiments, max_results=10000)]
-
-
-def _boto_credentials() -> Dict[str, str]:
-    return {"aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"]}
+from tests.servers import (BUCKET, REPO, S3_CREDENTIALS, ManagedTrackingServer, TrackingServer,  # noqa: F401
+                           free_port, s3_server, start, stop, wait_until_up)
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     """moto's standalone S3 server with the `mlflow` bucket: where MinIO stands in the cluster."""
-    workdir = tmp_path_factory.mktemp("s3")
-    port = free_port()
-    log = workdir / "moto.log"
-    server = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], {**os.environ, **S3_CREDENTIALS},
-                   log)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{endpoint}/moto-api/", server, log)
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, **_boto_credentials()).create_bucket(Bucket=BUCKET)
+    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
         yield endpoint
-    finally:
-        stop(server)
-
-
-class ManagedTrackingServer:
-    """`mlflow server` as deploy/ runs it, which a test may stop and start again (same port, same database).
-
-    Only the server knows the S3 endpoint and credentials: training processes get none.
-    """
-
-    def __init__(self, workdir: Path, backend_store_uri: str, s3_endpoint: str, **env: str) -> None:
-        self.port = free_port()
-        self.log = workdir / "mlflow-server.log"
-        self.env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **env}
-        self.command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                        "--backend-store-uri", backend_store_uri,
-                        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2"]
-        self.tracking = TrackingServer(uri=f"http://127.0.0.1:{self.port}", s3_endpoint=s3_endpoint, log=self.log)
-        self._process: subprocess.Popen | None = None
-
-    def start(self) -> TrackingServer:
-        with open(self.log, "ab") as out:  # appended: one log over restarts
-            self._process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
-        wait_until_up(f"{self.tracking.uri}/health", self._process, self.log)
-        return self.tracking
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop(self._process)
-            self._process = None
 
 
 def start_tracking_server(workdir: Path, backend_store_uri: str, s3_endpoint: str) -> Iterator[TrackingServer]:

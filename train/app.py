@@ -124,7 +124,7 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
     import torch
 
     from train import yolo
-    from train.tracking import resume
+    from train.tracking import lineage, resume
     from train.tracking.hooks import MlflowHooks
     from train.tracking.names import redact
     from train.tracking.run import active_run, all_params, check_artifacts_writable
@@ -134,6 +134,8 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
     tags = {**_run_tags(config, device, torch.cuda.is_available(), redact(" ".join(_overrides()))), **_sweep_tags()}
     if resume_run_id:
         tags["resume_overrides"] = tags.pop("hydra_overrides")  # the run's own overrides stay as first recorded
+    if config["reproduce"]["run_id"]:
+        tags["reproduces"] = config["reproduce"]["run_id"]
     log_path = out_dir / "train.log"
     run_id = resume_run_id or os.environ.get("MLFLOW_RUN_ID") or None
     startup_timeout_s = config["mlflow"]["startup_timeout_s"]
@@ -152,6 +154,7 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
             # imgsz, ...): params are write-once, so those stay as given; the dotted keys hold the resolved values.
             logged = mlflow.get_run(run_id).data.params
             mlflow.log_params({k: v for k, v in all_params(config).items() if k not in logged})
+            lineage.record(config, data_yaml)
         spool = MetricSpool(tracking_uri, run_id)
         outcome: BaseException | None = None
         hooks = MlflowHooks(spool, yolo.save_dir(out_dir))
@@ -172,6 +175,26 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
     return hooks.last_metrics
 
 
+def _train_untracked(config: Mapping[str, Any], data_yaml: Path, out_dir: Path,
+                     interrupts: CheckpointSafeInterrupts) -> float:
+    """mlflow.enabled=false: the same training and console log, no MLflow at all (a baseline for bench/)."""
+    from train import yolo
+
+    try:
+        with ConsoleTee(out_dir / "train.log"):
+            try:
+                yolo.train(yolo.build_opt(config, data_yaml, out_dir), interrupts)
+            finally:
+                interrupts.training_ended()
+    except KeyboardInterrupt:
+        print("error: training interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:
+        print(f"error: training failed: {type(error).__name__}: {error}{_failure_hint(error)}", file=sys.stderr)
+        sys.exit(EXIT_TRAINING_FAILED)
+    return math.nan
+
+
 def _failure_hint(error: Exception) -> str:
     text = str(error).lower()
     if "out of memory" in text or "can't allocate memory" in text:
@@ -190,20 +213,27 @@ def train_and_track(cfg: DictConfig) -> float:
     interrupts.install()
     offline.apply(cache_dir)  # before anything below imports yolov5
 
-    from train.tracking import resume
+    from train.tracking import reproduce, resume
     from train.tracking.names import sanitize_key
     from train.tracking.run import RecordIncomplete, TrackingUnavailable, check_reachable, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(config["mlflow"]["tracking_uri"])
+    tracked = config["mlflow"]["enabled"]
     try:
         validate(cfg)  # again: a sweep's trials never went through the command-line check
-        check_reachable(tracking_uri, config["mlflow"]["startup_timeout_s"])
-        resumption = resume.plan(tracking_uri, config, _overrides())
-        if resumption:
-            config = resumption.config
+        resumption = reproduction = None
+        if tracked:
+            check_reachable(tracking_uri, config["mlflow"]["startup_timeout_s"])
+            resumption = resume.plan(tracking_uri, config, _overrides())
+            if config["reproduce"]["run_id"]:
+                reproduction = reproduce.plan(tracking_uri, config, _overrides())
+        if resumption or reproduction:
+            config = (resumption or reproduction).config  # type: ignore[union-attr]
             cfg = OmegaConf.create(config)
             validate(cfg)
         data_yaml = prepare(cfg.data, Path(config["paths"]["cache_dir"]), out_dir)
+        if reproduction:
+            reproduce.check_data(reproduction, data_yaml)
     except TrackingUnavailable as error:
         return _refuse(error, config, EXIT_TRACKING_UNAVAILABLE)
     except (ConfigError, DatasetError) as error:
@@ -216,6 +246,8 @@ def train_and_track(cfg: DictConfig) -> float:
 
         config["train"]["device"] = device_for_trial(HydraConfig.get().job.num, torch.cuda.device_count())
 
+    if not tracked:
+        return _train_untracked(config, data_yaml, out_dir, interrupts)
     run_id = resumption.run_id if resumption else None
     try:
         metrics = _train_in_run(config, data_yaml, out_dir, tracking_uri, run_id, interrupts)

@@ -115,6 +115,8 @@ class HypConfig:
 
 @dataclass
 class MlflowConfig:
+    # false: train without MLflow (no run, no server): the baseline the benchmarks compare tracking against.
+    enabled: bool = True
     # null: MLFLOW_TRACKING_URI, else a SQLite file in the working folder (see train.tracking.run).
     tracking_uri: Optional[str] = None
     experiment_name: str = MISSING
@@ -137,6 +139,14 @@ class SweepConfig:
 
 
 @dataclass
+class ReproduceConfig:
+    # An MLflow run id: train again from that run's recorded config (python -m train.reproduce <run id>).
+    run_id: Optional[str] = None
+    # Train even when today's code or data differ from the run's (they are still reported).
+    allow_mismatch: bool = False
+
+
+@dataclass
 class PathsConfig:
     # Datasets, fonts and other downloads-in-waiting live here, outside the source tree.
     cache_dir: str = MISSING
@@ -153,6 +163,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
 
 def register_schema() -> None:
@@ -228,6 +239,10 @@ def validate(cfg: DictConfig) -> None:
 
     _check(t.resume is None or bool(_RUN_ID.match(t.resume)), "train.resume",
            f"must be an MLflow run id (32 hexadecimal characters), got {t.resume!r}")
+    _check(cfg.reproduce.run_id is None or bool(_RUN_ID.match(cfg.reproduce.run_id)), "reproduce.run_id",
+           f"must be an MLflow run id (32 hexadecimal characters), got {cfg.reproduce.run_id!r}")
+    _check(not (t.resume and cfg.reproduce.run_id), "train.resume",
+           "continues a run, reproduce.run_id trains a new one: give one of them")
     m = cfg.mlflow
     _check(m.startup_timeout_s > 0, "mlflow.startup_timeout_s", f"must be > 0, got {m.startup_timeout_s}")
     _check(m.delivery_timeout_s >= 0, "mlflow.delivery_timeout_s", f"must be >= 0, got {m.delivery_timeout_s}")

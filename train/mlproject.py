@@ -42,13 +42,13 @@ def _number(value: str) -> str:
     return value[:-2] if value.endswith(".0") and value[:-2].isdigit() else value
 
 
-def _unquote(argv: Sequence[str]) -> List[str]:
+def unquote(argv: Sequence[str]) -> List[str]:
     return [shlex.split(arg)[0] if arg.startswith("'") else arg for arg in argv]
 
 
 def to_overrides(argv: Sequence[str]) -> List[str]:
     if os.environ.get("TRAIN_ARGS_SHELL_QUOTED") == "true":
-        argv = _unquote(argv)
+        argv = unquote(argv)
     parser = _OneLineParser(prog="train.mlproject", add_help=False)
     for name in PARAMETERS:
         parser.add_argument(f"--{name}", default="")

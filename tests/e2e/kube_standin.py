@@ -36,6 +36,10 @@ def _now() -> str:
 
 
 @dataclass
+# What the downward API's spec.nodeName gives every pod here.
+NODE_NAME = "kube-standin-node"
+
+
 class SubmittedJob:
     manifest: dict
     status: dict = field(default_factory=dict)
@@ -100,9 +104,11 @@ class KubeStandIn:
     def _env_value(self, variable: dict) -> Optional[str]:
         if "value" in variable:
             return variable["value"]
+        if variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+            return NODE_NAME
         ref = variable.get("valueFrom", {}).get("secretKeyRef")
         if ref is None:
-            return None  # fieldRef, configMapKeyRef, ...: not stood in for
+            return None  # other fieldRefs, configMapKeyRef, ...: not stood in for
         value = self.secrets.get(ref["name"], {}).get(ref["key"])
         if value is None and not ref.get("optional", False):
             raise LookupError(f"secret {ref['name']!r} has no key {ref['key']!r}")

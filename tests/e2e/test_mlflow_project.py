@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import TINY, client_env
 from tests.e2e.conftest import registry_digest
-from tests.e2e.kube_standin import KubeStandIn
+from tests.e2e.kube_standin import NODE_NAME, KubeStandIn
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # The tiny settings, less what has its own MLproject parameter.
@@ -100,6 +100,8 @@ def test_kubernetes_backend_builds_pushes_submits_and_finishes(tracking_server, 
     tag = repository.rsplit(":", 1)[1]
     assert digest == registry_digest(repository.split("/", 1)[0], "yolov5-mlflow", tag)
     assert run.data.tags["mlflow.docker.image.id"] == digest
+    # Lineage on Kubernetes: the node (the downward API's spec.nodeName) and its GPU model.
+    assert run.data.tags["env.k8s_node"] == NODE_NAME and run.data.tags["env.gpu"] == "none"
 
     # The training inside the container logged to the tracking server, and both sides say FINISHED.
     assert job.exit_code == 0 and job.status["conditions"][0]["type"] == "Complete"

@@ -77,3 +77,10 @@ def test_kubernetes_backend_quoting_is_undone(monkeypatch):
     monkeypatch.setenv("TRAIN_ARGS_SHELL_QUOTED", "true")
     assert to_overrides(pod_argv[3:]) == to_overrides(command(**params)[3:])
     assert to_overrides(pod_argv[3:])[-2:] == ["hyp.lr0=0.005", "+mlflow.tags.note=two words"]
+
+
+def test_reproduce_entry_point_runs_train_reproduce():
+    entry = load_project(str(REPO)).get_entry_point("reproduce")
+    run_id = "ab" * 16
+    assert shlex.split(entry.compute_command({"run_id": run_id}, storage_dir="/tmp")) == \
+        ["python", "-m", "train.reproduce", run_id, "reproduce.allow_mismatch=false"]

@@ -25,9 +25,11 @@ CHECKPOINT = "training-output/weights/last.pt"
 RESULTS = "training-output/results.csv"
 LOG = "logs/train.log"
 RECORDED_CONFIG = "config/config.yaml"
-# Where this machine keeps things and how it talks to the server: the only keys a resume may change.
-MACHINE_KEYS = ("train.resume", "train.device", "train.workers", "paths", "mlflow.tracking_uri",
-                "mlflow.startup_timeout_s", "mlflow.delivery_timeout_s")
+# Always this machine's: where it keeps things and how it reaches the server.
+LOCAL_KEYS = ("train.resume", "paths", "mlflow.tracking_uri", "mlflow.startup_timeout_s", "mlflow.delivery_timeout_s")
+# How this machine trains, not what: the record's unless given on the command line (workers changes the
+# augmentations' random streams, so a reproduction keeps the record's unless told otherwise).
+MACHINE_KEYS = ("train.device", "train.workers")
 
 
 @dataclass
@@ -36,12 +38,21 @@ class Resumption:
     config: Dict[str, Any]  # the run's recorded config, with this machine's keys
 
 
-def _is_machine_key(key: str) -> bool:
-    return key.startswith("hydra.") or any(key == k or key.startswith(f"{k}.") for k in MACHINE_KEYS)
+def _under(key: str, roots: Sequence[str]) -> bool:
+    return any(key == root or key.startswith(f"{root}.") for root in roots)
 
 
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_overrides(overrides: Sequence[str], what: str, also: Sequence[str] = ()) -> None:
+    """ConfigError unless every override sets a local or machine key (or Hydra's own, or `also`)."""
+    allowed = (*LOCAL_KEYS, *MACHINE_KEYS, *also, "hydra")
+    changed = [k for k in map(_override_key, overrides) if not _under(k, allowed)]
+    if changed:
+        raise ConfigError(f"{what}: trains the run's recorded config, so {changed[0]} cannot be given with it "
+                          f"(only {', '.join(MACHINE_KEYS)}, paths.* and the mlflow connection settings)")
 
 
 def _get(tree: Mapping[str, Any], dotted: str) -> Any:
@@ -57,8 +68,10 @@ def _set(tree: Dict[str, Any], dotted: str, value: Any) -> None:
     tree[last] = copy.deepcopy(value)
 
 
-def _merged(current: Mapping[str, Any], recorded: Mapping[str, Any]) -> Dict[str, Any]:
-    """The recorded config over today's (so keys added since keep their defaults), machine keys from today."""
+def merged(current: Mapping[str, Any], recorded: Mapping[str, Any], overrides: Sequence[str],
+           keep: Sequence[str] = LOCAL_KEYS) -> Dict[str, Any]:
+    """The recorded config over today's (so keys added since keep their defaults); from today: the `keep` keys
+    and the machine keys the command line sets."""
     def deep_update(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
         for key, value in update.items():
             if isinstance(value, Mapping) and isinstance(base.get(key), dict):
@@ -67,10 +80,15 @@ def _merged(current: Mapping[str, Any], recorded: Mapping[str, Any]) -> Dict[str
                 base[key] = copy.deepcopy(value)
         return base
 
-    merged = deep_update(copy.deepcopy(dict(current)), recorded)
-    for key in MACHINE_KEYS:
-        _set(merged, key, _get(current, key))
-    return merged
+    result = deep_update(copy.deepcopy(dict(current)), recorded)
+    given = [k for k in map(_override_key, overrides) if k in MACHINE_KEYS]
+    for key in (*keep, *given):
+        _set(result, key, _get(current, key))
+    return result
+
+
+def recorded_config(client: MlflowClient, run_id: str) -> Dict[str, Any]:
+    return yaml.safe_load(Path(client.download_artifacts(run_id, RECORDED_CONFIG)).read_text())
 
 
 def _has_checkpoint(client: MlflowClient, run_id: str) -> bool:
@@ -98,12 +116,8 @@ def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str])
             raise ConfigError(f"train.resume: run {run_id} has no checkpoint ({CHECKPOINT}) to resume from")
         return None  # a run `mlflow run` just created: train it from the start
     if explicit:
-        changed = [k for k in map(_override_key, overrides) if not _is_machine_key(k)]
-        if changed:
-            raise ConfigError(f"train.resume: continues the run's recorded config, so {changed[0]} cannot be "
-                              f"given with it (only {', '.join(MACHINE_KEYS[1:])})")
-    recorded = yaml.safe_load(Path(client.download_artifacts(run_id, RECORDED_CONFIG)).read_text())
-    return Resumption(run_id, _merged(config, recorded))
+        check_overrides(overrides, "train.resume")
+    return Resumption(run_id, merged(config, recorded_config(client, run_id), overrides))
 
 
 def fetch(tracking_uri: str, run_id: str, save_dir: Path, log_path: Path) -> Path:

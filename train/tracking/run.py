@@ -20,8 +20,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunInfo, RunStatus
-from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT,
-                                          MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
+from mlflow.environment_variables import (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+                                          MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
 
 from train.tracking.names import flatten, redact
 
@@ -30,6 +30,8 @@ EMBEDDED_DB = "mlflow.db"
 # MLflow prints "View run ... at: <tracking URI>/..." whenever a run ends, credentials in the URI included;
 # the links this package prints are redacted (run_url).
 os.environ.setdefault(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name, "true")
+# Its download progress bars would surround a refusal's one line on stderr.
+os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
 
 
 class TrackingUnavailable(RuntimeError):

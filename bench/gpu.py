@@ -1,0 +1,138 @@
+"""`python -m bench.gpu`: images per second of `python -m train` against plain YOLOv5 on one CUDA GPU (7).
+
+yolov5s, 640 px, batch 64, AMP (YOLOv5's default on CUDA), synthetic images cached in RAM and no
+mosaic, so the GPU and not JPEG decoding sets the pace. Throughput is read from each process's
+own results.csv as its rows appear (the first epoch, with its warm-up, is left out), with the GPU's
+utilisation sampled meanwhile. Without CUDA it says so and exits 0. Sized for under 8 minutes on
+one H100: --pairs and --epochs trade precision for time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from bench.harness import client_env, interleaved, servers, train_argv
+from train import offline
+from train.data.synthetic import SyntheticSpec, generate
+from train.yolo import model_yaml
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class GpuSampler:
+    """GPU utilisation (%) every half second, from NVML."""
+
+    def __init__(self) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        self._nvml = pynvml
+        self.samples: List[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __enter__(self) -> "GpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def images_per_second(argv: List[str], cwd: Path, env: Dict[str, str], images: int,
+                      results_glob: str) -> Dict[str, float]:
+    """Run `argv`; epochs 2.. of its results.csv, timed as their rows appear: images per second, GPU %."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    row_times: List[float] = []
+    with GpuSampler() as gpu:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            found = list(cwd.glob(results_glob))
+            rows = len(found[0].read_text().splitlines()) - 1 if found else 0
+            row_times.extend([time.monotonic()] * (rows - len(row_times)))
+            time.sleep(0.05)
+        stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{stderr[-3000:]}")
+    measured = row_times[1:]
+    busy = gpu.samples[len(gpu.samples) // 4:]  # past start-up
+    return {"images_per_s": images * (len(measured) - 1) / (measured[-1] - measured[0]),
+            "gpu_util_median_pct": statistics.median(busy) if busy else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench.gpu: skipped, no CUDA device")
+        return
+    with tempfile.TemporaryDirectory(prefix="yolov5-mlflow-bench-gpu-") as tmp:
+        work = Path(tmp)
+        cache = work / "cache"
+        root = generate(SyntheticSpec(train_images=args.images, val_images=64, image_size=640, seed=0), cache)
+        offline.apply(cache)
+        env = client_env(YOLOV5_MLFLOW_CACHE=str(cache))
+        settings = ["model=yolov5s", "train.imgsz=640", "train.batch=64", "train.device=0", "train.workers=8",
+                    "train.cache=ram", f"train.epochs={args.epochs}", f"data.root={root}"]
+        with servers(work / "servers") as server:
+            tracked_env = {**env, "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_EXPERIMENT_NAME": "bench-gpu"}
+            # Our first run writes the data and hyp yamls that plain YOLOv5 then gets too.
+            reference = work / "reference"
+            subprocess.run(train_argv(*settings, "train.epochs=1", f"hydra.run.dir={reference}"), cwd=work,
+                           env=tracked_env, check=True, capture_output=True)
+            plain = [sys.executable, "-m", "yolov5.train", "--data", str(reference / "data.yaml"),
+                     "--hyp", str(reference / "hyp.yaml"), "--cfg", str(model_yaml("yolov5s.yaml")), "--weights", "",
+                     "--imgsz", "640", "--batch-size", "64", "--device", "0", "--workers", "8", "--cache", "ram",
+                     "--epochs", str(args.epochs), "--optimizer", "AdamW", "--exist-ok"]
+            runs: Dict[str, List[Dict[str, float]]] = {"plain": [], "ours": []}
+            count = iter(range(10**6))
+
+            def run_plain() -> float:
+                n = next(count)
+                runs["plain"].append(images_per_second(plain + ["--project", str(work / f"p{n}")], work, env,
+                                                       args.images, f"p{n}/exp/results.csv"))
+                return 1 / runs["plain"][-1]["images_per_s"]
+
+            def run_ours() -> float:
+                n = next(count)
+                runs["ours"].append(images_per_second(train_argv(*settings, f"hydra.run.dir={work / f'o{n}'}"),
+                                                      work, tracked_env, args.images, f"o{n}/yolov5/results.csv"))
+                return 1 / runs["ours"][-1]["images_per_s"]
+
+            interleaved(args.pairs, run_plain, run_ours)
+    plain_ips = statistics.median(r["images_per_s"] for r in runs["plain"])
+    ours_ips = statistics.median(r["images_per_s"] for r in runs["ours"])
+    result = {"device": torch.cuda.get_device_name(0), "pairs": args.pairs, "epochs": args.epochs,
+              "images": args.images, "plain_images_per_s": round(plain_ips, 1), "ours_images_per_s": round(ours_ips, 1),
+              "ratio": round(ours_ips / plain_ips, 4),
+              "gpu_util_median_pct": {k: statistics.median(r["gpu_util_median_pct"] for r in v)
+                                      for k, v in runs.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    print(f"goal ratio >= 0.98: {'met' if result['ratio'] >= 0.98 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""What every benchmark shares: A/B pairs run interleaved, medians, the servers, one timed training.
+
+The machines are shared and noisy, so nothing here is judged by a lone absolute time: each figure
+is a ratio of medians over pairs measured side by side (A, B, A, B, ...), with the order inside a
+pair alternating so a warming cache or a neighbour's burst does not always favour one side.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+
+from tests.servers import REPO, ManagedTrackingServer, TrackingServer, s3_server
+from train.data.synthetic import SyntheticSpec, generate
+
+
+@dataclass
+class Pairs:
+    """Measurements of A (the baseline) and B, one list each, in pair order."""
+    a: List[float] = field(default_factory=list)
+    b: List[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.b) / statistics.median(self.a)
+
+    def summary(self) -> Dict[str, object]:
+        return {"pairs": len(self.a), "median_a_s": round(statistics.median(self.a), 3),
+                "median_b_s": round(statistics.median(self.b), 3), "ratio": round(self.ratio, 4),
+                "a_s": [round(x, 3) for x in self.a], "b_s": [round(x, 3) for x in self.b]}
+
+
+def interleaved(pairs: int, run_a: Callable[[], float], run_b: Callable[[], float]) -> Pairs:
+    result = Pairs()
+    for i in range(pairs):
+        order = [(result.a, run_a), (result.b, run_b)]
+        for into, run in (order if i % 2 == 0 else order[::-1]):
+            into.append(run())
+    return result
+
+
+@contextmanager
+def servers(workdir: Path) -> Iterator[TrackingServer]:
+    """moto's S3 server and an `mlflow server` (SQLite, proxied artifacts), as the tests and deploy/ run them."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with s3_server(workdir) as endpoint:
+        server = ManagedTrackingServer(workdir, f"sqlite:///{workdir / 'mlflow.db'}", endpoint)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+def client_env(**extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    env["PYTHONPATH"] = str(REPO)
+    return {**env, **extra}
+
+
+@dataclass
+class Datasets:
+    """One set of synthetic images in two layouts: the synthetic one (3 classes) and coco128's (80 classes)."""
+    three_classes: Path
+    eighty_classes: Path
+    cache_dir: Path
+
+
+def datasets(workdir: Path, image_size: int) -> Datasets:
+    """128 images (coco128's count, which its layout requires), validated on themselves as coco128 is."""
+    cache_dir = workdir / "cache"
+    root = generate(SyntheticSpec(train_images=128, val_images=1, image_size=image_size, seed=0), cache_dir)
+    layouts = {"three_classes": ("train", "val"), "eighty_classes": ("train2017",)}
+    folders = {}
+    for name, splits in layouts.items():
+        folder = workdir / name
+        shutil.rmtree(folder, ignore_errors=True)
+        for kind in ("images", "labels"):
+            for split in splits:
+                (folder / kind).mkdir(parents=True, exist_ok=True)
+                (folder / kind / split).symlink_to(root / kind / "train")
+        folders[name] = folder
+    return Datasets(folders["three_classes"], folders["eighty_classes"], cache_dir)
+
+
+def data_overrides(data: Datasets, nc: int) -> List[str]:
+    if nc == 3:
+        return [f"data.root={data.three_classes}"]
+    return ["data=coco128", f"data.root={data.eighty_classes}"]
+
+
+@dataclass
+class Timed:
+    seconds: float
+    exited_at: float  # time.time() when the process had exited
+    stdout: str
+    stderr: str
+
+
+def run_timed(argv: Sequence[str], cwd: Path, env: Dict[str, str], timeout_s: float = 900) -> Timed:
+    """One process, start to exit; fails loudly if it does."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return Timed(seconds, time.time(), proc.stdout, proc.stderr)
+
+
+def train_argv(*overrides: str) -> List[str]:
+    return [sys.executable, "-m", "train", *overrides]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def pairs_of(values: Sequence[Tuple[float, float]]) -> Pairs:
+    return Pairs([a for a, _ in values], [b for _, b in values])

@@ -1,0 +1,47 @@
+"""The markdown table of a benchmark run: each figure beside its goal."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+GOALS = {"tracking_overhead": 1.02, "wrapper_overhead": 1.05, "live_metric_latency": 2.0}
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    s = results["settings"]
+    lines: List[str] = [
+        f"Measured {results['when']} on {results['machine']['cpus']} CPUs ({results['machine']['platform']}); "
+        f"yolov5n from scratch, {s['images']} synthetic images at {s['imgsz']} px, batch {s['batch']}, "
+        f"{s['pairs']} interleaved A/B pairs per figure, medians; {results.get('total_minutes', '?')} minutes in all.",
+        "",
+        "| benchmark | A (baseline) | B | figure | goal | |",
+        "|---|---|---|---|---|---|",
+    ]
+    t = results["tracking_overhead"]
+    lines.append(f"| 1. tracking overhead, {s['epochs']} epochs | tracking off {t['median_a_s']} s | full tracking "
+                 f"to the server {t['median_b_s']} s | ratio {t['ratio']} | <= 1.02 | "
+                 f"{_verdict(t['ratio'] <= GOALS['tracking_overhead'])} |")
+    w = results["wrapper_overhead"]
+    lines.append(f"| 2. wrapper overhead, 10 epochs | `python -m yolov5.train` {w['median_a_s']} s | `python -m train`, "
+                 f"tracking off {w['median_b_s']} s | ratio {w['ratio']} | <= 1.05 | "
+                 f"{_verdict(w['ratio'] <= GOALS['wrapper_overhead'])} |")
+    lat = results["live_metric_latency"]
+    lines.append(f"| 3. live metric latency | | epoch end to readable on the API, {lat['epochs_seen']} epochs | "
+                 f"median {lat['median_s']} s (p90 {lat['p90_s']} s) | median <= 2 s | "
+                 f"{_verdict(lat['median_s'] <= GOALS['live_metric_latency'])} |")
+    tail = results["end_of_run_tail"]
+    lines.append(f"| 4. end-of-run tail | {tail['median_bytes'] / 1e6:.1f} MB at boto3's "
+                 f"{tail['direct_boto3_MB_per_s']} MB/s | last epoch's end to exit | {tail['median_tail_s']} s | "
+                 f"<= {tail['goal_s']} s (1.2x + 2 s) | {_verdict(tail['median_tail_s'] <= tail['goal_s'])} |")
+    for size, a in results["artifact_path"].items():
+        lines.append(f"| 5. artifact upload, {size} | boto3 direct {a['direct_MB_per_s']} MB/s | proxied by the "
+                     f"server {a['proxied_MB_per_s']} MB/s | time ratio {a['ratio']} | (reported) | |")
+    for label, o in results["scaling"].items():
+        extra = (o["median_b_s"] - o["median_a_s"])
+        lines.append(f"| 6. scaling, {label} | off {o['median_a_s']} s | on {o['median_b_s']} s | ratio {o['ratio']}, "
+                     f"+{extra:.2f} s | linear, small | |")
+    return "\n".join(lines) + "\n"

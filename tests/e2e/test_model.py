@@ -1,0 +1,159 @@
+"""best.pt as a registered MLflow model: logged from a real training run, served from `@champion` elsewhere.
+
+Two trainings through `python -m train` against the real tracking server (S3 artifacts, SQLite registry):
+a strong one (the recipe's defaults: 20 epochs, a few minutes on a CPU; 10 epochs find only half the shapes)
+and a weak one (tiny, one epoch). The weak model is
+registered first and takes the alias, the strong one takes it over, and the weak one registered again leaves
+it. A fresh interpreter without the repository then loads `models:/<name>@champion` and finds the shapes of
+images it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+from tests.conftest import TINY, TrackingServer, client_env, train_cli
+from train.data.synthetic import CLASS_NAMES, SyntheticSpec, generate
+from train.model.detector import OUTPUT_DTYPES
+
+EXPERIMENT = "e2e-model"
+NAME = "e2e-synthetic-shapes"
+MIN_IOU = 0.5
+MIN_RECALL = 0.8  # of the true shapes, found with the right class at IoU >= MIN_IOU (conf >= 0.25)
+
+# Runs in a fresh interpreter from an empty folder: nothing of the repository is importable, so the `train`
+# code the model needs must come with the model (code_paths).
+SERVE = textwrap.dedent("""
+    import importlib.util, json, sys, time
+    assert importlib.util.find_spec("train") is None, "the repository is importable: this proves nothing"
+    import mlflow.pyfunc, pandas as pd
+    start = time.monotonic()
+    model = mlflow.pyfunc.load_model(sys.argv[1])
+    loaded = time.monotonic()
+    found = model.predict(pd.DataFrame({"image": [open(p, "rb").read() for p in sys.argv[3:]]}))
+    done = time.monotonic()
+    json.dump({"load_s": loaded - start, "predict_s": done - loaded, "detections": found.to_dict("records")},
+              open(sys.argv[2], "w"))
+""")
+
+
+def _train(server: TrackingServer, cache_dir: Path, workdir: Path, overrides: List[str]) -> Tuple[str, Path]:
+    """(run id, local best.pt: in Hydra's run folder under workdir) of one `python -m train`."""
+    env = client_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=EXPERIMENT)
+    before = set(workdir.glob("outputs/*/*/yolov5/weights/best.pt"))
+    proc = train_cli(workdir, cache_dir, ["train.workers=0", *overrides], env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [best] = set(workdir.glob("outputs/*/*/yolov5/weights/best.pt")) - before
+    client = server.client()
+    [run] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return run.info.run_id, best
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory) -> Path:
+    """Synthetic images the models never trained on (another seed), with their YOLO labels."""
+    return generate(SyntheticSpec(train_images=0, val_images=12, image_size=128, seed=2024),
+                    tmp_path_factory.mktemp("unseen"))
+
+
+@pytest.fixture(scope="module")
+def registered(tracking_server, cache_dir, tmp_path_factory, unseen) -> Dict[str, object]:
+    """Both trainings, logged with log_detector and registered in the order the module docstring gives."""
+    work = tmp_path_factory.mktemp("work")
+    weak = _train(tracking_server, cache_dir, work, [*TINY, "train.epochs=1"])
+    strong = _train(tracking_server, cache_dir, work, [])  # the recipe's defaults
+
+    saved = dict(os.environ)  # logging loads the model here, and its offline switches go into os.environ
+    os.environ.update(MLFLOW_TRACKING_URI=tracking_server.uri, YOLOV5_MLFLOW_CACHE=str(cache_dir))
+    try:
+        from train.model.registry import log_detector, register_if_better
+
+        client = tracking_server.client()
+        example = sorted((unseen / "images" / "val").glob("*.jpg"))[0]
+        uris, log_s = {}, {}
+        for label, (run_id, best) in (("weak", weak), ("strong", strong)):
+            start = time.monotonic()
+            imgsz = int(client.get_run(run_id).data.params["train.imgsz"])
+            uris[label] = log_detector(best, imgsz, example, run_id=run_id)
+            log_s[label] = time.monotonic() - start
+        steps = [register_if_better(uris["weak"], weak[0], NAME),
+                 register_if_better(uris["strong"], strong[0], NAME),
+                 register_if_better(uris["weak"], weak[0], NAME)]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    print(f"\nlog_detector: {log_s['weak']:.1f} s (first, cold imports), {log_s['strong']:.1f} s")
+    return {"weak": weak[0], "strong": strong[0], "steps": steps, "uris": uris}
+
+
+@pytest.mark.slow
+def test_alias_moves_to_a_better_model_only(registered, tracking_server):
+    assert registered["steps"] == [("1", True), ("2", True), ("3", False)]
+    client = tracking_server.client()
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    runs = {str(v.version): v.run_id for v in client.search_model_versions(f"name='{NAME}'")}
+    assert runs == {"1": registered["weak"], "2": registered["strong"], "3": registered["weak"]}
+    third = client.get_model_version(NAME, "3").tags
+    assert third["became_champion"] == "false" and third["compared_with"].startswith("version 2 (")
+    assert float(third["objective_value"]) < float(client.get_model_version(NAME, "2").tags["objective_value"])
+
+
+@pytest.mark.slow
+def test_a_model_is_logged_with_signature_and_example(registered, tracking_server, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    info = mlflow.models.get_model_info(registered["uris"]["strong"])  # metadata only: no weights fetched
+    assert info.run_id == registered["strong"]
+    assert info.signature.inputs.input_names() == ["image"]
+    assert info.signature.outputs.input_names() == list(OUTPUT_DTYPES)
+    assert {p.name: p.default for p in info.signature.params.params} == {"conf_thres": 0.25, "iou_thres": 0.45}
+    assert info.saved_input_example_info["type"] == "dataframe"
+
+
+def _iou(a: Tuple[float, ...], b: Tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _truths(label: Path, size: int) -> List[Tuple[int, Tuple[float, ...]]]:
+    shapes = []
+    for line in label.read_text().splitlines():
+        cls, cx, cy, w, h = (float(v) for v in line.split())
+        shapes.append((int(cls), ((cx - w / 2) * size, (cy - h / 2) * size, (cx + w / 2) * size, (cy + h / 2) * size)))
+    return shapes
+
+
+@pytest.mark.slow
+def test_champion_finds_the_shapes_in_a_fresh_process(registered, tracking_server, unseen, tmp_path):
+    images = sorted((unseen / "images" / "val").glob("*.jpg"))
+    env = {k: v for k, v in client_env(MLFLOW_TRACKING_URI=tracking_server.uri).items() if k != "PYTHONPATH"}
+    result = tmp_path / "detections.json"
+    proc = subprocess.run([sys.executable, "-c", SERVE, f"models:/{NAME}@champion", str(result), *map(str, images)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(result.read_text())
+    print(f"\nfresh process: load_model {served['load_s']:.1f} s, predict {len(images)} images "
+          f"{served['predict_s']:.2f} s, {len(served['detections'])} detections")
+
+    found = missed = 0
+    for index, image in enumerate(images):
+        mine = [d for d in served["detections"] if d["image"] == index]
+        for cls, box in _truths(unseen / "labels" / "val" / f"{image.stem}.txt", 128):
+            hit = any(d["class_id"] == cls and d["class_name"] == CLASS_NAMES[cls]
+                      and _iou(box, (d["x_min"], d["y_min"], d["x_max"], d["y_max"])) >= MIN_IOU for d in mine)
+            found, missed = found + hit, missed + (not hit)
+    print(f"champion: {found} of {found + missed} shapes found (IoU >= {MIN_IOU}, right class)")
+    assert found / (found + missed) >= MIN_RECALL

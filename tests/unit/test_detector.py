@@ -1,0 +1,142 @@
+"""The detector's pyfunc contract and the alias rule, on an untrained checkpoint and a local SQLite registry.
+
+An untrained YOLOv5n saved the way training leaves best.pt (half precision, no EMA) is built in seconds; its
+detections are noise, but the contract (columns, types, pixel boxes, thresholds as params) is the same.
+Whether a trained model finds the shapes is tests/e2e/test_model.py's question.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from train.data.synthetic import CLASS_NAMES
+from train.model.detector import OUTPUT_DTYPES, YoloDetector
+from train.model.registry import REQUIREMENTS_TXT, SERVING_PACKAGES, serving_requirements, takes_alias
+
+SIZES = ((64, 64), (120, 80))  # width, height: one square, one the letterbox must pad
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    # The offline switches go into os.environ (they must precede `import yolov5`): restored afterwards, so the
+    # rest of the session's subprocess environments are unchanged.
+    saved = dict(os.environ)
+    os.environ["YOLOV5_MLFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    from train import offline
+
+    offline.apply(Path(os.environ["YOLOV5_MLFLOW_CACHE"]))
+    import torch
+    from yolov5.models.yolo import DetectionModel
+
+    from train.yolo import model_yaml
+
+    torch.manual_seed(0)
+    model = DetectionModel(str(model_yaml("yolov5n.yaml")), ch=3, nc=len(CLASS_NAMES))
+    model.names = list(CLASS_NAMES)
+    path = tmp_path_factory.mktemp("weights") / "best.pt"
+    torch.save({"model": model.half(), "ema": None, "epoch": -1, "opt": {"imgsz": 64}}, path)
+    yield path
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint) -> YoloDetector:
+    model = YoloDetector()
+    model.load_context(mlflow.pyfunc.PythonModelContext(artifacts={"weights": str(checkpoint)},
+                                                        model_config={"imgsz": 64}))
+    return model
+
+
+def _encoded(width: int, height: int, fmt: str) -> bytes:
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, fmt)
+    return out.getvalue()
+
+
+def _images() -> pd.DataFrame:
+    return pd.DataFrame({"image": [_encoded(*SIZES[0], "PNG"), _encoded(*SIZES[1], "JPEG")]})
+
+
+def test_one_row_per_detection_in_pixels_of_the_original_image(detector):
+    found = detector.predict(None, _images(), {"conf_thres": 0.0})  # an untrained model scores ~0
+    assert list(found.columns) == list(OUTPUT_DTYPES)
+    assert found.dtypes.astype(str).to_dict() == OUTPUT_DTYPES
+    assert set(found["image"]) == {0, 1}
+    assert (found["class_name"] == found["class_id"].map(dict(enumerate(CLASS_NAMES)))).all()
+    assert found["confidence"].between(0, 1).all()
+    for index, (width, height) in enumerate(SIZES):
+        boxes = found[found["image"] == index]
+        assert (boxes["x_min"] >= 0).all() and (boxes["x_max"] <= width).all()
+        assert (boxes["y_min"] >= 0).all() and (boxes["y_max"] <= height).all()
+        assert (boxes["x_min"] <= boxes["x_max"]).all() and (boxes["y_min"] <= boxes["y_max"]).all()
+    assert found[found["image"] == 1]["x_max"].max() > 64  # scaled back from the 64 px model input
+
+
+def test_no_detection_is_zero_rows_with_the_same_columns(detector):
+    for found in (detector.predict(None, _images()),  # default conf_thres 0.25: nothing from noise
+                  detector.predict(None, pd.DataFrame({"image": []}))):
+        assert found.empty and found.dtypes.astype(str).to_dict() == OUTPUT_DTYPES
+
+
+def test_base64_text_is_the_same_image(detector):
+    as_bytes = detector.predict(None, _images(), {"conf_thres": 0.0})
+    as_text = detector.predict(None, _images().map(lambda b: base64.b64encode(b).decode()), {"conf_thres": 0.0})
+    pd.testing.assert_frame_equal(as_bytes, as_text)
+
+
+def test_requirements_are_the_projects_pins():
+    pinned = dict(line.split("==") for line in REQUIREMENTS_TXT.read_text().splitlines() if "==" in line)
+    assert serving_requirements() == [f"{name}=={pinned[name]}" for name in SERVING_PACKAGES]
+
+
+@pytest.mark.parametrize(("value", "held", "direction", "moves"), [
+    (0.5, math.nan, "maximize", True),  # no champion yet
+    (0.6, 0.5, "maximize", True),
+    (0.4, 0.5, "maximize", False),
+    (0.5, 0.5, "maximize", False),  # a tie keeps the champion
+    (math.nan, 0.5, "maximize", False),
+    (math.nan, math.nan, "maximize", False),  # a failed run never becomes champion
+    (0.4, 0.5, "minimize", True),
+    (0.6, 0.5, "minimize", False),
+])
+def test_alias_moves_only_to_a_strictly_better_objective(value, held, direction, moves):
+    assert takes_alias(value, held, direction) is moves
+
+
+def test_logged_registered_and_served_through_the_alias(checkpoint, tmp_path, monkeypatch):
+    """A local SQLite registry (no server): log, register a first and a worse version, load @champion."""
+    from train.model.registry import log_detector, register_if_better
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("detector", artifact_location=(tmp_path / "artifacts").as_uri())
+    example = tmp_path / "example.png"
+    example.write_bytes(_encoded(*SIZES[1], "PNG"))
+    versions = []
+    for score in (0.5, 0.4):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_metric("metrics/mAP_0.5_0.95", score)
+            uri = log_detector(checkpoint, 64, example)
+        versions.append(register_if_better(uri, run.info.run_id, "shapes"))
+    assert versions == [("1", True), ("2", False)]
+    assert str(client.get_model_version_by_alias("shapes", "champion").version) == "1"
+    second = client.get_model_version("shapes", "2")
+    assert second.run_id == run.info.run_id
+    assert second.tags == {"objective": "metrics/mAP_0.5_0.95", "objective_value": "0.4",
+                           "became_champion": "false", "compared_with": "version 1 (0.5)"}
+
+    served = mlflow.pyfunc.load_model("models:/shapes@champion")
+    assert served.metadata.get_input_schema().input_names() == ["image"]
+    assert list(served.predict(_images(), params={"conf_thres": 0.0}).columns) == list(OUTPUT_DTYPES)

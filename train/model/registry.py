@@ -1,0 +1,120 @@
+"""best.pt logged as its run's MLflow model, and registered: the alias moves only to a better model.
+
+Called inside the training run once YOLOv5 has finished (see log_detector), or afterwards with run_id.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, OUTPUT_DTYPES, YoloDetector
+
+TRAIN_PACKAGE = Path(__file__).resolve().parent.parent
+REQUIREMENTS_TXT = TRAIN_PACKAGE.parent / "requirements.txt"
+# What loading and predicting import; the rest of requirements.txt (Hydra, Optuna, Docker, ...) only trains.
+SERVING_PACKAGES = ("yolov5", "torch", "torchvision", "mlflow", "pandas", "numpy", "pillow", "setuptools")
+_MLFLOW_TYPES = {"int64": DataType.long, "float64": DataType.double, "object": DataType.string}
+
+
+def serving_requirements() -> List[str]:
+    """Pins from requirements.txt (the project's single source of truth); the installed version where it has none.
+
+    Explicit, because MLflow's requirement inference imports the model in a subprocess: tens of seconds.
+    """
+    pins: Dict[str, str] = {}
+    if REQUIREMENTS_TXT.is_file():
+        for line in REQUIREMENTS_TXT.read_text().splitlines():
+            name, pinned, version = line.split("#")[0].strip().partition("==")
+            if pinned:
+                pins[name.strip().lower()] = version.strip()
+    return [f"{name}=={pins.get(name) or metadata.version(name)}" for name in SERVING_PACKAGES]
+
+
+def detector_signature(conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        outputs=Schema([ColSpec(_MLFLOW_TYPES[dtype], column) for column, dtype in OUTPUT_DTYPES.items()]),
+        # Defaults here are what predict gets when a caller passes no params.
+        params=ParamSchema([ParamSpec("conf_thres", DataType.double, conf_thres),
+                            ParamSpec("iou_thres", DataType.double, iou_thres)]))
+
+
+def log_detector(best_pt: Path, imgsz: int, example_image: Path, run_id: Optional[str] = None,
+                 conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES) -> str:
+    """Log `best_pt` as the pyfunc model `model` of the active run (or of `run_id`); its model URI.
+
+    imgsz: the training image size. example_image: an encoded image file, stored as the input example;
+    MLflow also predicts on it through the JSON serving path before returning, so a model that cannot load
+    or predict is reported (as a warning) at logging time.
+    """
+    active = mlflow.active_run()
+    if run_id is None and active is None:
+        raise ValueError("log_detector needs an active run or a run_id: the model belongs to a training run")
+    in_run = run_id is None or (active is not None and active.info.run_id == run_id)
+    with nullcontext() if in_run else mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=YoloDetector(), artifacts={"weights": str(best_pt)},
+            model_config={"imgsz": int(imgsz)}, signature=detector_signature(conf_thres, iou_thres),
+            input_example=pd.DataFrame({"image": [Path(example_image).read_bytes()]}),
+            # The `train` package travels with the model: a fresh process unpickles YoloDetector from it.
+            code_paths=[str(TRAIN_PACKAGE)], pip_requirements=serving_requirements())
+    return info.model_uri
+
+
+def takes_alias(value: float, held: float, direction: str) -> bool:
+    """Strictly better only, so a tie keeps the holder; NaN never wins, and a holder scored NaN always loses."""
+    if math.isnan(value):
+        return False
+    return math.isnan(held) or (value > held if direction == "maximize" else value < held)
+
+
+def _run_metric(client: mlflow.MlflowClient, run_id: Optional[str], objective: str) -> float:
+    if not run_id:
+        return math.nan
+    try:
+        return client.get_run(run_id).data.metrics.get(objective, math.nan)
+    except MlflowException:  # a run that no longer exists (garbage-collected)
+        return math.nan
+
+
+def register_if_better(model_uri: str, run_id: str, name: str, alias: str = "champion",
+                       objective: str = "metrics/mAP_0.5_0.95", direction: str = "maximize") -> Tuple[str, bool]:
+    """Register `model_uri` as a new version of `name`; move `alias` to it only if it beats the alias holder.
+
+    Compared on the runs' logged `objective` (its sanitized name; the run's last logged value) by takes_alias.
+    No holder, or one whose run is gone or lacks the metric, counts as NaN. Returns (version, moved); the
+    version is tagged with its objective value, the holder it was compared with and whether it took the alias.
+    Not atomic: two registrations racing on one name may both read the same holder.
+    """
+    if direction not in ("maximize", "minimize"):
+        raise ValueError(f"direction must be maximize or minimize, not {direction!r}")
+    client = mlflow.MlflowClient()
+    value = _run_metric(client, run_id, objective)
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        holder = None
+    held = _run_metric(client, holder.run_id, objective) if holder else math.nan
+    moved = takes_alias(value, held, direction)
+
+    version = mlflow.register_model(model_uri, name).version
+    tags = {"objective": objective, "objective_value": str(value), f"became_{alias}": str(moved).lower(),
+            "compared_with": f"version {holder.version} ({held})" if holder else "none"}
+    for key, tag in tags.items():
+        client.set_model_version_tag(name, version, key, tag)
+    if moved:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version), moved

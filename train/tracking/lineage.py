@@ -1,0 +1,133 @@
+"""Where a run came from, recorded so it can be rerun: code, data and environment.
+
+Code: commit, branch and whether the tree was dirty (the diff as an artifact when it was); MLflow's
+own `mlflow.source.git.commit` stays as it sets it. Data: each split an MLflow dataset input whose
+digest covers every image's and label's bytes, so runs on different data are told apart even under
+one name. Environment: the versions actually imported, the GPU, the Kubernetes node, and the full
+installed package list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DIGEST_LENGTH = 16  # hex characters, as MLflow's own dataset digests
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # no git (the Docker image): `mlflow run` tagged the commit from the submitting side
+    return proc.stdout if proc.returncode == 0 else None
+
+
+@dataclass
+class CodeVersion:
+    commit: str
+    branch: str
+    dirty: bool
+    diff: str  # `git diff HEAD` plus the untracked files' names, when dirty
+
+    def tags(self) -> Dict[str, str]:
+        return {"git.commit": self.commit, "git.branch": self.branch, "git.dirty": str(self.dirty).lower()}
+
+
+def code_version() -> Optional[CodeVersion]:
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = _git("status", "--porcelain") or ""
+    diff = ""
+    if status.strip():
+        untracked = _git("ls-files", "--others", "--exclude-standard") or ""
+        diff = (_git("diff", "HEAD") or "") + "".join(f"# untracked: {name}\n" for name in untracked.splitlines())
+    return CodeVersion(commit.strip(), (_git("rev-parse", "--abbrev-ref", "HEAD") or "").strip(),
+                       bool(status.strip()), diff)
+
+
+def content_digest(files: List[Path], root: Path) -> str:
+    """Over every file's path (relative to `root`) and bytes, in a fixed order."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:DIGEST_LENGTH]
+
+
+def split_files(images: Path) -> List[Path]:
+    """A split's images and the labels YOLOv5 pairs with them (images/<x> -> labels/<x>)."""
+    labels = Path(f"{os.sep}labels{os.sep}".join(str(images).rsplit(f"{os.sep}images{os.sep}", 1)))
+    return [p for p in images.iterdir() if p.is_file()] + (
+        [p for p in labels.iterdir() if p.suffix == ".txt"] if labels.is_dir() else [])
+
+
+def dataset_digests(layout: Dict[str, object]) -> Dict[str, str]:
+    """{'training': digest, 'validation': digest} for a data yaml's layout (train.data.prepare)."""
+    root = Path(str(layout["path"]))
+    return {context: content_digest(split_files(root / str(layout[split])), root)
+            for context, split in (("training", "train"), ("validation", "val"))}
+
+
+def _log_datasets(name: str, source: str, digests: Dict[str, str]) -> None:
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for context, digest in digests.items():
+        mlflow.log_input(MetaDataset(resolve_dataset_source(source), name=name, digest=digest), context=context)
+
+
+def environment_tags() -> Dict[str, str]:
+    import torch
+
+    versions = {dist: importlib.metadata.version(dist) for dist in ("torch", "torchvision", "yolov5", "mlflow")}
+    tags = {f"env.{dist}": version for dist, version in versions.items()}
+    tags.update({
+        "env.python": platform.python_version(),
+        "env.cuda": torch.version.cuda or "none",
+        "env.cudnn": str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "none",
+        "env.gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "env.gpu_count": str(torch.cuda.device_count()),
+        "env.host": platform.node(),
+    })
+    if os.environ.get("NODE_NAME"):  # set by the Job template from the pod's spec.nodeName
+        tags["env.k8s_node"] = os.environ["NODE_NAME"]
+    return tags
+
+
+def installed_packages() -> str:
+    """name==version of every installed distribution, sorted: what actually ran, beside what was pinned."""
+    pins = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    return "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
+
+
+def record(config: Mapping[str, Any], data_yaml: Path) -> None:
+    """Tags, dataset inputs and artifacts of the active run."""
+    import mlflow
+
+    code = code_version()
+    mlflow.set_tags({**(code.tags() if code else {}), **environment_tags()})
+    if code and code.dirty:
+        mlflow.log_text(code.diff, "code/git-diff.patch")
+    layout = yaml.safe_load(data_yaml.read_text())
+    data = config["data"]
+    source = data["download_url"] if data["name"] == "coco128" and data["root"] is None else str(layout["path"])
+    _log_datasets(data["name"], source, dataset_digests(layout))
+    mlflow.log_text(installed_packages(), "environment/installed.txt")
+    lock = REPO / "requirements.lock"
+    if lock.is_file():
+        mlflow.log_artifact(str(lock), "environment")
