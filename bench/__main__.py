@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5, help="A/B pairs per figure (at least 5 to report)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the tracking-overhead training")
     parser.add_argument("--scaling-epochs", type=int, nargs="*", default=[10, 100])
-    parser.add_argument("--imgsz", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--imgsz", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="yolov5-mlflow-bench-") as tmp:

@@ -172,7 +172,24 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
         finally:
             _finish_record(spool, run_id, out_dir, log_path, tracking_uri, config["mlflow"]["delivery_timeout_s"],
                            outcome)
+        if config["mlflow"]["log_model"]:
+            _log_model(config, data_yaml, out_dir, run_id)  # after _finish_record: the objective is on the server
     return hooks.last_metrics
+
+
+def _log_model(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, run_id: str) -> None:
+    from train import yolo
+    from train.model.registry import example_image, log_detector, register_if_better
+    from train.tracking.names import sanitize_key
+
+    model_uri = log_detector(yolo.save_dir(out_dir) / "weights" / "best.pt", config["train"]["imgsz"],
+                             example_image(data_yaml))
+    name = config["mlflow"]["registered_model_name"]
+    if name:
+        alias = config["mlflow"]["champion_alias"]
+        version, moved = register_if_better(model_uri, run_id, name, alias,
+                                            sanitize_key(config["sweep"]["objective"]), config["sweep"]["direction"])
+        print(f"Registered {name} version {version}; {alias} {'moved to it' if moved else 'stays where it was'}")
 
 
 def _train_untracked(config: Mapping[str, Any], data_yaml: Path, out_dir: Path,

@@ -122,6 +122,12 @@ class MlflowConfig:
     experiment_name: str = MISSING
     run_name: str = MISSING
     tags: Dict[str, str] = field(default_factory=dict)
+    # Log best.pt as an MLflow pyfunc model (`model`: images in, detections out) when training succeeds.
+    log_model: bool = True
+    # Also register it as a new version of this model; `champion_alias` moves to it only if it beats the
+    # current champion on sweep.objective (train/model/registry.py).
+    registered_model_name: Optional[str] = None
+    champion_alias: str = "champion"
     # How long to wait at start for the tracking server and artifact store to answer before giving up.
     startup_timeout_s: float = 15.0
     # How long, once training ends, to wait for an unreachable server before keeping the undelivered
@@ -244,6 +250,8 @@ def validate(cfg: DictConfig) -> None:
     _check(not (t.resume and cfg.reproduce.run_id), "train.resume",
            "continues a run, reproduce.run_id trains a new one: give one of them")
     m = cfg.mlflow
+    _check(not m.registered_model_name or m.log_model, "mlflow.registered_model_name",
+           "needs mlflow.log_model=true (only a logged model can be registered)")
     _check(m.startup_timeout_s > 0, "mlflow.startup_timeout_s", f"must be > 0, got {m.startup_timeout_s}")
     _check(m.delivery_timeout_s >= 0, "mlflow.delivery_timeout_s", f"must be >= 0, got {m.delivery_timeout_s}")
     if m.tracking_uri:

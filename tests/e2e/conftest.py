@@ -210,3 +210,17 @@ def auth_tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[AuthTracking
         yield AuthTrackingServer(server.start(), secret, readiness_path)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def recipe_run(tracking_server, cache_dir, tmp_path_factory):
+    """One training with the recipe's defaults (20 epochs, a couple of minutes): the learning test, the UI test
+    and the model tests all look at this run."""
+    from tests.conftest import client_env, train_cli
+
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-learning")
+    proc = train_cli(tmp_path_factory.mktemp("recipe"), cache_dir, ["train.workers=0"], env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = tracking_server.client()
+    [run] = client.search_runs([client.get_experiment_by_name("e2e-learning").experiment_id])
+    return run

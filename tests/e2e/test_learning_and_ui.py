@@ -13,20 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import client_env, train_cli
 
 MIN_MAP50 = 0.5
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def learned(tracking_server, cache_dir, tmp_path_factory):
-    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-learning")
-    proc = train_cli(tmp_path_factory.mktemp("work"), cache_dir, ["train.workers=0"], env=env)  # recipe defaults
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = tracking_server.client()
-    [run] = client.search_runs([client.get_experiment_by_name("e2e-learning").experiment_id])
-    return run
+def learned(recipe_run):
+    return recipe_run
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -46,17 +45,16 @@ SERVE = textwrap.dedent("""
 """)
 
 
-def _train(server: TrackingServer, cache_dir: Path, workdir: Path, overrides: List[str]) -> Tuple[str, Path]:
-    """(run id, local best.pt: in Hydra's run folder under workdir) of one `python -m train`."""
+def _train_registering(server: TrackingServer, cache_dir: Path, workdir: Path) -> Tuple[str, Tuple[str, bool]]:
+    """A weak model (tiny, one epoch) trained with mlflow.registered_model_name: (run id, (version, moved))."""
     env = client_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=EXPERIMENT)
-    before = set(workdir.glob("outputs/*/*/yolov5/weights/best.pt"))
-    proc = train_cli(workdir, cache_dir, ["train.workers=0", *overrides], env=env)
+    proc = train_cli(workdir, cache_dir, [*TINY, "train.epochs=1", f"mlflow.registered_model_name={NAME}"], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [best] = set(workdir.glob("outputs/*/*/yolov5/weights/best.pt")) - before
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"Registered {NAME} version ")]
     client = server.client()
     [run] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                order_by=["attributes.start_time DESC"], max_results=1)
-    return run.info.run_id, best
+    return run.info.run_id, (line.split()[3].rstrip(";"), line.endswith("champion moved to it"))
 
 
 @pytest.fixture(scope="module")
@@ -67,33 +65,23 @@ def unseen(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def registered(tracking_server, cache_dir, tmp_path_factory, unseen) -> Dict[str, object]:
-    """Both trainings, logged with log_detector and registered in the order the module docstring gives."""
+def registered(tracking_server, cache_dir, tmp_path_factory, recipe_run) -> Dict[str, object]:
+    """A weak training registers itself (and takes the alias: there is no champion yet); the recipe run's
+    model, strong, is registered next and takes it over; a second weak training registers and leaves it."""
     work = tmp_path_factory.mktemp("work")
-    weak = _train(tracking_server, cache_dir, work, [*TINY, "train.epochs=1"])
-    strong = _train(tracking_server, cache_dir, work, [])  # the recipe's defaults
-
-    saved = dict(os.environ)  # logging loads the model here, and its offline switches go into os.environ
-    os.environ.update(MLFLOW_TRACKING_URI=tracking_server.uri, YOLOV5_MLFLOW_CACHE=str(cache_dir))
+    weak, first = _train_registering(tracking_server, cache_dir, work)
+    saved = dict(os.environ)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_server.uri
     try:
-        from train.model.registry import log_detector, register_if_better
+        from train.model.registry import register_if_better
 
-        client = tracking_server.client()
-        example = sorted((unseen / "images" / "val").glob("*.jpg"))[0]
-        uris, log_s = {}, {}
-        for label, (run_id, best) in (("weak", weak), ("strong", strong)):
-            start = time.monotonic()
-            imgsz = int(client.get_run(run_id).data.params["train.imgsz"])
-            uris[label] = log_detector(best, imgsz, example, run_id=run_id)
-            log_s[label] = time.monotonic() - start
-        steps = [register_if_better(uris["weak"], weak[0], NAME),
-                 register_if_better(uris["strong"], strong[0], NAME),
-                 register_if_better(uris["weak"], weak[0], NAME)]
+        second = register_if_better(f"runs:/{recipe_run.info.run_id}/model", recipe_run.info.run_id, NAME)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    print(f"\nlog_detector: {log_s['weak']:.1f} s (first, cold imports), {log_s['strong']:.1f} s")
-    return {"weak": weak[0], "strong": strong[0], "steps": steps, "uris": uris}
+    weak_again, third = _train_registering(tracking_server, cache_dir, work)
+    return {"weak": weak, "weak_again": weak_again, "strong": recipe_run.info.run_id,
+            "steps": [first, second, third]}
 
 
 @pytest.mark.slow
@@ -102,7 +90,7 @@ def test_alias_moves_to_a_better_model_only(registered, tracking_server):
     client = tracking_server.client()
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     runs = {str(v.version): v.run_id for v in client.search_model_versions(f"name='{NAME}'")}
-    assert runs == {"1": registered["weak"], "2": registered["strong"], "3": registered["weak"]}
+    assert runs == {"1": registered["weak"], "2": registered["strong"], "3": registered["weak_again"]}
     third = client.get_model_version(NAME, "3").tags
     assert third["became_champion"] == "false" and third["compared_with"].startswith("version 2 (")
     assert float(third["objective_value"]) < float(client.get_model_version(NAME, "2").tags["objective_value"])
@@ -113,7 +101,7 @@ def test_a_model_is_logged_with_signature_and_example(registered, tracking_serve
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
-    info = mlflow.models.get_model_info(registered["uris"]["strong"])  # metadata only: no weights fetched
+    info = mlflow.models.get_model_info(f"models:/{NAME}/2")  # metadata only: no weights fetched
     assert info.run_id == registered["strong"]
     assert info.signature.inputs.input_names() == ["image"]
     assert info.signature.outputs.input_names() == list(OUTPUT_DTYPES)

@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from train.data.synthetic import CLASS_NAMES
+from train.data.synthetic import CLASS_NAMES, SyntheticSpec, generate
 from train.model.detector import OUTPUT_DTYPES, YoloDetector
-from train.model.registry import REQUIREMENTS_TXT, SERVING_PACKAGES, serving_requirements, takes_alias
+from train.model.registry import (REQUIREMENTS_TXT, SERVING_PACKAGES, example_image, serving_requirements,
+                                  takes_alias)
 
 SIZES = ((64, 64), (120, 80))  # width, height: one square, one the letterbox must pad
 
@@ -99,6 +100,13 @@ def test_base64_text_is_the_same_image(detector):
 def test_requirements_are_the_projects_pins():
     pinned = dict(line.split("==") for line in REQUIREMENTS_TXT.read_text().splitlines() if "==" in line)
     assert serving_requirements() == [f"{name}=={pinned[name]}" for name in SERVING_PACKAGES]
+
+
+def test_example_image_is_the_first_validation_image(tmp_path):
+    root = generate(SyntheticSpec(train_images=1, val_images=2, image_size=32, seed=0), tmp_path)
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/val\n")
+    assert example_image(data_yaml) == root / "images" / "val" / "val_00000.jpg"
 
 
 @pytest.mark.parametrize(("value", "held", "direction", "moves"), [

@@ -13,11 +13,13 @@ from typing import Dict, List, Optional, Tuple
 
 import mlflow
 import pandas as pd
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from train.data import IMAGE_SUFFIXES
 from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, OUTPUT_DTYPES, YoloDetector
 
 TRAIN_PACKAGE = Path(__file__).resolve().parent.parent
@@ -48,6 +50,12 @@ def detector_signature(conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float 
         # Defaults here are what predict gets when a caller passes no params.
         params=ParamSchema([ParamSpec("conf_thres", DataType.double, conf_thres),
                             ParamSpec("iou_thres", DataType.double, iou_thres)]))
+
+
+def example_image(data_yaml: Path) -> Path:
+    """The first image of the validation split of a YOLOv5 data yaml (as train.data.prepare writes it)."""
+    layout = yaml.safe_load(Path(data_yaml).read_text())
+    return min(p for p in (Path(layout["path"]) / layout["val"]).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def log_detector(best_pt: Path, imgsz: int, example_image: Path, run_id: Optional[str] = None,
