@@ -35,11 +35,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass
 # What the downward API's spec.nodeName gives every pod here.
 NODE_NAME = "kube-standin-node"
 
 
+@dataclass
 class SubmittedJob:
     manifest: dict
     status: dict = field(default_factory=dict)
