@@ -33,7 +33,7 @@ def run_all(workdir: Path, pairs: int, epochs: int, scaling_epochs: tuple, setti
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "settings": {"pairs": pairs, "epochs": epochs, "imgsz": settings.imgsz, "batch": settings.batch,
-                     "images": 128, "model": "yolov5n", "device": "cpu"},
+                     "images": "64 + 8 (3 classes); 128 (80 classes)", "model": "yolov5n", "device": "cpu"},
     }
     with servers(workdir / "servers") as server:
         runs = TrackedRuns(server, workdir / "runs", data)
@@ -58,7 +58,8 @@ def run_all(workdir: Path, pairs: int, epochs: int, scaling_epochs: tuple, setti
         scaling = {f"epochs={epochs}, nc=3": results["tracking_overhead"]}
         for n in scaling_epochs:
             scaling[f"epochs={n}, nc=3"] = overhead(runs, settings, n, 3, pairs).summary()
-        scaling[f"epochs={epochs}, nc=80"] = overhead(runs, settings, epochs, 80, pairs).summary()
+        # 80 classes add 160 per-class series; coco128's layout validates on all 128 images, so 10 epochs.
+        scaling["epochs=10, nc=80"] = overhead(runs, settings, 10, 80, pairs).summary()
         results["scaling"] = scaling
     results["total_minutes"] = round((time.monotonic() - started) / 60, 1)
     return results
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the tracking-overhead training")
     parser.add_argument("--scaling-epochs", type=int, nargs="*", default=[10, 100])
     parser.add_argument("--imgsz", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="yolov5-mlflow-bench-") as tmp:

@@ -74,20 +74,17 @@ class Datasets:
 
 
 def datasets(workdir: Path, image_size: int) -> Datasets:
-    """128 images (coco128's count, which its layout requires), validated on themselves as coco128 is."""
+    """3 classes: 64 training and 8 validation images. 80 classes: coco128's layout, which needs 128 images and
+    validates on them (as coco128 does), the same synthetic shapes under coco's 80 names."""
     cache_dir = workdir / "cache"
-    root = generate(SyntheticSpec(train_images=128, val_images=1, image_size=image_size, seed=0), cache_dir)
-    layouts = {"three_classes": ("train", "val"), "eighty_classes": ("train2017",)}
-    folders = {}
-    for name, splits in layouts.items():
-        folder = workdir / name
-        shutil.rmtree(folder, ignore_errors=True)
-        for kind in ("images", "labels"):
-            for split in splits:
-                (folder / kind).mkdir(parents=True, exist_ok=True)
-                (folder / kind / split).symlink_to(root / kind / "train")
-        folders[name] = folder
-    return Datasets(folders["three_classes"], folders["eighty_classes"], cache_dir)
+    three = generate(SyntheticSpec(train_images=64, val_images=8, image_size=image_size, seed=0), cache_dir)
+    eighty_source = generate(SyntheticSpec(train_images=128, val_images=1, image_size=image_size, seed=0), cache_dir)
+    eighty = workdir / "coco128-layout"
+    shutil.rmtree(eighty, ignore_errors=True)
+    for kind in ("images", "labels"):
+        (eighty / kind).mkdir(parents=True)
+        (eighty / kind / "train2017").symlink_to(eighty_source / kind / "train")
+    return Datasets(three, eighty, cache_dir)
 
 
 def data_overrides(data: Datasets, nc: int) -> List[str]:

@@ -15,7 +15,7 @@ def markdown(results: Dict[str, Any]) -> str:
     s = results["settings"]
     lines: List[str] = [
         f"Measured {results['when']} on {results['machine']['cpus']} CPUs ({results['machine']['platform']}); "
-        f"yolov5n from scratch, {s['images']} synthetic images at {s['imgsz']} px, batch {s['batch']}, "
+        f"yolov5n from scratch, synthetic images ({s['images']}) at {s['imgsz']} px, batch {s['batch']}, no plots, "
         f"{s['pairs']} interleaved A/B pairs per figure, medians; {results.get('total_minutes', '?')} minutes in all.",
         "",
         "| benchmark | A (baseline) | B | figure | goal | |",

@@ -19,13 +19,14 @@ PROBE = "metrics/mAP_0.5"
 
 @dataclass
 class Settings:
-    """The training every tracking benchmark runs: yolov5n from scratch on the 128 synthetic images."""
+    """The training every tracking benchmark runs: yolov5n from scratch on small synthetic images, no plots."""
     imgsz: int
     batch: int
 
     def overrides(self, data: Datasets, nc: int, epochs: int) -> List[str]:
         return [*data_overrides(data, nc), f"train.epochs={epochs}", f"train.imgsz={self.imgsz}",
-                f"train.batch={self.batch}", "train.workers=0", "model=yolov5n", "train.device=cpu"]
+                f"train.batch={self.batch}", "train.workers=0", "model=yolov5n", "train.device=cpu",
+                "train.noplots=true"]
 
 
 class TrackedRuns:

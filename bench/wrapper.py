@@ -25,7 +25,7 @@ def _yolov5_argv(run_dir: Path, out: Path) -> List[str]:
             "--hyp", str(run_dir / "hyp.yaml"), "--cfg", str(model_yaml("yolov5n.yaml")), "--weights", "",
             "--epochs", str(opt["epochs"]), "--batch-size", str(opt["batch_size"]), "--imgsz", str(opt["imgsz"]),
             "--device", "cpu", "--workers", "0", "--optimizer", opt["optimizer"], "--seed", str(opt["seed"]),
-            "--patience", str(opt["patience"]), "--project", str(out), "--name", "yolov5", "--exist-ok"]
+            "--patience", str(opt["patience"]), "--noplots", "--project", str(out), "--name", "yolov5", "--exist-ok"]
 
 
 def wrapper_overhead(data: Datasets, settings: Settings, workdir: Path, epochs: int, pairs: int) -> Pairs:
