@@ -17,6 +17,7 @@ MB = 1024 * 1024
 
 
 def _file(folder: Path, size_mb: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"payload-{size_mb}mb.bin"
     if not path.is_file() or path.stat().st_size != size_mb * MB:
         with open(path, "wb") as out:
@@ -40,7 +41,6 @@ def proxied_upload_s(client: MlflowClient, run_id: str, path: Path) -> float:
 
 def artifact_path(server: TrackingServer, workdir: Path, sizes_mb=(4, 40, 400), pairs: int = 5) -> Dict[str, Dict]:
     """Per file size: direct boto3 (A) against MLflow's proxied upload (B), seconds and MB/s."""
-    workdir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=server.uri)
     experiment = client.get_experiment_by_name("bench-artifacts")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("bench-artifacts")

@@ -216,6 +216,8 @@ def _failure_hint(error: Exception) -> str:
     text = str(error).lower()
     if "out of memory" in text or "can't allocate memory" in text:
         return " (out of memory: lower train.batch or train.imgsz)"
+    if "could not create a primitive" in text:  # oneDNN, when the memory for a CPU kernel cannot be had
+        return " (likely out of memory: lower train.batch or train.imgsz)"
     return ""
 
 

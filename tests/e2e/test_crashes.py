@@ -72,4 +72,6 @@ def test_out_of_memory(tracking_server, cache_dir, tmp_path):
                           text=True, timeout=600, preexec_fn=_limit_address_space)
     assert proc.returncode == 1, proc.stderr[-2000:]
     line, _ = assert_failed_with_traceback_and_outputs(tracking_server, "e2e-crash-oom", proc.stderr)
-    assert "can't allocate memory" in line and "out of memory: lower train.batch or train.imgsz" in line
+    # PyTorch's allocator or oneDNN's kernel set-up, whichever asks for the memory first.
+    assert "can't allocate memory" in line or "could not create a primitive" in line
+    assert "out of memory: lower train.batch or train.imgsz" in line
