@@ -22,6 +22,7 @@ from train.config import ConfigError
 from train.tracking.names import redact
 
 CHECKPOINT = "training-output/weights/last.pt"
+BEST = "training-output/weights/best.pt"
 RESULTS = "training-output/results.csv"
 LOG = "logs/train.log"
 RECORDED_CONFIG = "config/config.yaml"
@@ -121,16 +122,17 @@ def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str])
 
 
 def fetch(tracking_uri: str, run_id: str, save_dir: Path, log_path: Path) -> Path:
-    """The run's last checkpoint, results.csv and console log, put where YOLOv5 and the log tee continue them."""
+    """The run's last and best checkpoints, results.csv and console log, where YOLOv5 and the log tee go on."""
     client = MlflowClient(tracking_uri=tracking_uri)
     weights = save_dir / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(client.download_artifacts(run_id, CHECKPOINT, str(save_dir.parent / "resume")))
     last = weights / "last.pt"
     checkpoint.replace(last)
-    for artifact, target in ((RESULTS, save_dir / "results.csv"), (LOG, log_path)):
+    # best.pt too: YOLOv5 rewrites it only when an epoch beats the best so far, which a resumed run may never do.
+    for artifact, target in ((BEST, weights / "best.pt"), (RESULTS, save_dir / "results.csv"), (LOG, log_path)):
         try:
             Path(client.download_artifacts(run_id, artifact, str(save_dir.parent / "resume"))).replace(target)
         except MlflowException:
-            pass  # a run killed before its first epoch ended has neither
+            pass  # a run killed before its first epoch ended has none of them
     return last
