@@ -1,7 +1,7 @@
 """`python -m bench` (`make bench`): every CPU benchmark, written to bench/results/results.{json,md}.
 
-Settings are small so the whole set finishes in about 15 minutes on a 2-core machine; every figure
-is a ratio (or a latency) measured side by side, never a lone absolute time. The GPU benchmark is
+Settings are small (about 24 minutes on a 2-core machine, most of it the five pairs of 100-epoch runs);
+every figure is a ratio (or a latency) measured side by side, never a lone absolute time. The GPU benchmark is
 `python -m bench.gpu` (it skips without CUDA).
 """
 
