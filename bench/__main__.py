@@ -15,10 +15,11 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 from typing import Any, Dict
 
 from bench.artifacts import artifact_path, direct_throughput_mb_s
-from bench.harness import datasets, median, servers
+from bench.harness import datasets, servers
 from bench.report import markdown
 from bench.tracking import Settings, TrackedRuns, live_latency, overhead, tails
 from bench.wrapper import wrapper_overhead

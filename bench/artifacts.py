@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from statistics import median
 from typing import Dict
 
 import boto3
 from mlflow import MlflowClient
 
-from bench.harness import Pairs, interleaved, median
+from bench.harness import Pairs, interleaved
 from tests.servers import BUCKET, TrackingServer, boto_credentials
 
 MB = 1024 * 1024

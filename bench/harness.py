@@ -7,7 +7,6 @@ pair alternating so a warming cache or a neighbour's burst does not always favou
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import subprocess
@@ -16,9 +15,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence
 
-from tests.servers import REPO, ManagedTrackingServer, TrackingServer, s3_server
+from tests.servers import ManagedTrackingServer, TrackingServer, client_env, s3_server  # noqa: F401
 from train.data.synthetic import SyntheticSpec, generate
 
 
@@ -57,12 +56,6 @@ def servers(workdir: Path) -> Iterator[TrackingServer]:
             yield server.start()
         finally:
             server.stop()
-
-
-def client_env(**extra: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    env["PYTHONPATH"] = str(REPO)
-    return {**env, **extra}
 
 
 @dataclass
@@ -114,16 +107,3 @@ def run_timed(argv: Sequence[str], cwd: Path, env: Dict[str, str], timeout_s: fl
 
 def train_argv(*overrides: str) -> List[str]:
     return [sys.executable, "-m", "train", *overrides]
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def pairs_of(values: Sequence[Tuple[float, float]]) -> Pairs:
-    return Pairs([a for a, _ in values], [b for _, b in values])

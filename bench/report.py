@@ -21,14 +21,14 @@ def markdown(results: Dict[str, Any]) -> str:
         "| benchmark | A (baseline) | B | figure | goal | |",
         "|---|---|---|---|---|---|",
     ]
-    t = results["tracking_overhead"]
-    lines.append(f"| 1. tracking overhead, {s['epochs']} epochs | tracking off {t['median_a_s']} s | full tracking "
-                 f"to the server {t['median_b_s']} s | ratio {t['ratio']} | <= 1.02 | "
-                 f"{_verdict(t['ratio'] <= GOALS['tracking_overhead'])} |")
-    w = results["wrapper_overhead"]
-    lines.append(f"| 2. wrapper overhead, 10 epochs | `python -m yolov5.train` {w['median_a_s']} s | `python -m train`, "
-                 f"tracking off {w['median_b_s']} s | ratio {w['ratio']} | <= 1.05 | "
-                 f"{_verdict(w['ratio'] <= GOALS['wrapper_overhead'])} |")
+    for number, key, label, a, b in (
+            (1, "tracking_overhead", f"tracking overhead, {s['epochs']} epochs", "tracking off",
+             "full tracking to the server"),
+            (2, "wrapper_overhead", "wrapper overhead, 10 epochs", "`python -m yolov5.train`",
+             "`python -m train`, tracking off")):
+        pair, goal = results[key], GOALS[key]
+        lines.append(f"| {number}. {label} | {a} {pair['median_a_s']} s | {b} {pair['median_b_s']} s | "
+                     f"ratio {pair['ratio']} | <= {goal} | {_verdict(pair['ratio'] <= goal)} |")
     lat = results["live_metric_latency"]
     lines.append(f"| 3. live metric latency | | epoch end to readable on the API, {lat['epochs_seen']} epochs | "
                  f"median {lat['median_s']} s (p90 {lat['p90_s']} s) | median <= 2 s | "

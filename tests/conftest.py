@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Dict, Iterator, List
 import pytest
 
 from tests.servers import (BUCKET, REPO, S3_CREDENTIALS, ManagedTrackingServer, TrackingServer,  # noqa: F401
-                           free_port, s3_server, start, stop, wait_until_up)
+                           client_env, free_port, s3_server, start, stop, wait_until_up)
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +34,6 @@ def tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[TrackingServer]:
     """The tracking server with a SQLite backend, as deploy/ runs it in the cluster."""
     workdir = tmp_path_factory.mktemp("tracking")
     yield from start_tracking_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3_endpoint)
-
-
-def client_env(**extra: str) -> Dict[str, str]:
-    """The environment of a training process: no S3 credentials (the server proxies artifacts)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "AWS_")) and k not in ("HYDRA_FULL_ERROR",)}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
 
 
 # Small and fast: a couple of seconds per epoch on two CPU cores.

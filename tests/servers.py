@@ -140,3 +140,12 @@ class ManagedTrackingServer:
         if self._process is not None:
             stop(self._process)
             self._process = None
+
+
+def client_env(**extra: str) -> Dict[str, str]:
+    """The environment of a training process: no S3 credentials (the server proxies artifacts)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "AWS_")) and k not in ("HYDRA_FULL_ERROR",)}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env

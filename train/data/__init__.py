@@ -38,6 +38,11 @@ def _layout(data: DictConfig, datasets_dir: Path) -> Dict[str, object]:
     return {"path": str(root), "train": str(coco128.IMAGES), "val": str(coco128.IMAGES), "names": _coco_names()}
 
 
+def labels_folder(images: Path) -> Path:
+    """Where YOLOv5 reads a split's labels: images/<x> -> labels/<x> (its img2label_paths, without importing it)."""
+    return Path(f"{os.sep}labels{os.sep}".join(str(images).rsplit(f"{os.sep}images{os.sep}", 1)))
+
+
 def prepare(data: DictConfig, cache_dir: Path, out_dir: Path) -> Path:
     """Find or make the dataset, and write the YOLOv5 data yaml for it into `out_dir`.
 
@@ -50,7 +55,7 @@ def prepare(data: DictConfig, cache_dir: Path, out_dir: Path) -> Path:
             raise DatasetError(f"data.root: {layout['path']} has no {layout[split]} folder")
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
             raise DatasetError(f"data.root: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        labels = Path(f"{os.sep}labels{os.sep}".join(str(folder).rsplit(f"{os.sep}images{os.sep}", 1)))
+        labels = labels_folder(folder)
         if not labels.is_dir() or not any(labels.glob("*.txt")):
             raise DatasetError(f"data.root: no labels for {folder} (YOLOv5 reads them from {labels}/*.txt)")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ installed package list.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -70,13 +71,18 @@ def content_digest(files: List[Path], root: Path) -> str:
 
 def split_files(images: Path) -> List[Path]:
     """A split's images and the labels YOLOv5 pairs with them (images/<x> -> labels/<x>)."""
-    labels = Path(f"{os.sep}labels{os.sep}".join(str(images).rsplit(f"{os.sep}images{os.sep}", 1)))
+    from train.data import labels_folder
+
+    labels = labels_folder(images)
     return [p for p in images.iterdir() if p.is_file()] + (
         [p for p in labels.iterdir() if p.suffix == ".txt"] if labels.is_dir() else [])
 
 
-def dataset_digests(layout: Dict[str, object]) -> Dict[str, str]:
-    """{'training': digest, 'validation': digest} for a data yaml's layout (train.data.prepare)."""
+@functools.lru_cache(maxsize=None)
+def dataset_digests(data_yaml: Path) -> Dict[str, str]:
+    """{'training': digest, 'validation': digest} of a data yaml (train.data.prepare's); they read every byte,
+    so once per process: a reproduction checks them before its run records them."""
+    layout = yaml.safe_load(data_yaml.read_text())
     root = Path(str(layout["path"]))
     return {context: content_digest(split_files(root / str(layout[split])), root)
             for context, split in (("training", "train"), ("validation", "val"))}
@@ -123,10 +129,10 @@ def record(config: Mapping[str, Any], data_yaml: Path) -> None:
     mlflow.set_tags({**(code.tags() if code else {}), **environment_tags()})
     if code and code.dirty:
         mlflow.log_text(code.diff, "code/git-diff.patch")
-    layout = yaml.safe_load(data_yaml.read_text())
     data = config["data"]
-    source = data["download_url"] if data["name"] == "coco128" and data["root"] is None else str(layout["path"])
-    _log_datasets(data["name"], source, dataset_digests(layout))
+    local = str(yaml.safe_load(data_yaml.read_text())["path"])
+    source = data["download_url"] if data["name"] == "coco128" and data["root"] is None else local
+    _log_datasets(data["name"], source, dataset_digests(data_yaml))
     mlflow.log_text(installed_packages(), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -73,7 +72,7 @@ def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str])
 
 
 def check_data(reproduction: Reproduction, data_yaml: Path) -> None:
-    now = lineage.dataset_digests(yaml.safe_load(data_yaml.read_text()))
+    now = lineage.dataset_digests(data_yaml)
     for context, digest in reproduction.digests.items():
         if now.get(context) != digest:
             _refuse_unless(reproduction.allow_mismatch,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import yaml
+from omegaconf import OmegaConf
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
@@ -73,15 +74,7 @@ def merged(current: Mapping[str, Any], recorded: Mapping[str, Any], overrides: S
            keep: Sequence[str] = LOCAL_KEYS) -> Dict[str, Any]:
     """The recorded config over today's (so keys added since keep their defaults); from today: the `keep` keys
     and the machine keys the command line sets."""
-    def deep_update(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
-        for key, value in update.items():
-            if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-                deep_update(base[key], value)
-            else:
-                base[key] = copy.deepcopy(value)
-        return base
-
-    result = deep_update(copy.deepcopy(dict(current)), recorded)
+    result = OmegaConf.to_container(OmegaConf.merge(current, recorded))
     given = [k for k in map(_override_key, overrides) if k in MACHINE_KEYS]
     for key in (*keep, *given):
         _set(result, key, _get(current, key))
