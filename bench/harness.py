@@ -11,6 +11,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class Datasets:
 
 def datasets(workdir: Path, image_size: int) -> Datasets:
     """3 classes: 64 training and 8 validation images. 80 classes: coco128's layout, which needs 128 images and
-    validates on them (as coco128 does), the same synthetic shapes under coco's 80 names."""
+    validates on them (its yaml names train2017 for both), the same synthetic shapes under coco's 80 names."""
     cache_dir = workdir / "cache"
     three = generate(SyntheticSpec(train_images=64, val_images=8, image_size=image_size, seed=0), cache_dir)
     eighty_source = generate(SyntheticSpec(train_images=128, val_images=1, image_size=image_size, seed=0), cache_dir)
@@ -88,21 +89,66 @@ def data_overrides(data: Datasets, nc: int) -> List[str]:
 
 @dataclass
 class Timed:
-    seconds: float
-    exited_at: float  # time.time() when the process had exited
-    stdout: str
-    stderr: str
+    """One process as seen from outside: wall-clock times of its start and exit, and of each epoch's end
+    (each results.csv row as it appeared: YOLOv5 writes one when an epoch ends, tracked or not)."""
+    started_at: float
+    exited_at: float
+    epoch_ends: List[float]
+
+    @property
+    def seconds(self) -> float:
+        return self.exited_at - self.started_at
+
+    @property
+    def end_s(self) -> float:
+        """The last epoch's end to exit: final validation, and with tracking the uploads and the model."""
+        return self.exited_at - self.epoch_ends[-1]
+
+    def as_if(self, epochs: int) -> float:
+        """Start to exit of the same run stopped after `epochs`: the start and epochs as measured, then its end."""
+        return self.epoch_ends[epochs - 1] - self.started_at + self.end_s
+
+
+class _EpochWatch:
+    """Polls a run folder for YOLOv5's results.csv from another thread and notes when each row appears."""
+
+    def __init__(self, folder: Path, period_s: float = 0.02) -> None:
+        self.folder, self.period_s = folder, period_s
+        self.ends: List[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        found: Path | None = None
+        size = -1
+        while not self._done.wait(self.period_s):
+            if found is None:
+                found = next(self.folder.glob("**/yolov5/results.csv"), None)
+                continue
+            if found.stat().st_size != size:
+                size = found.stat().st_size
+                rows = len(found.read_text().splitlines()) - 1
+                self.ends.extend([time.time()] * (rows - len(self.ends)))
+
+    def __enter__(self) -> "_EpochWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def run_timed(argv: Sequence[str], cwd: Path, env: Dict[str, str], timeout_s: float = 900) -> Timed:
-    """One process, start to exit; fails loudly if it does."""
+    """One process, start to exit, its epochs watched (a run folder of its own: `cwd`); fails loudly if it does."""
     cwd.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
-    seconds = time.monotonic() - started
+    with _EpochWatch(cwd) as watch:
+        started = time.time()
+        proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        exited = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return Timed(seconds, time.time(), proc.stdout, proc.stderr)
+    return Timed(started, exited, watch.ends or [exited])
 
 
 def train_argv(*overrides: str) -> List[str]:

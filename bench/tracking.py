@@ -1,18 +1,22 @@
-"""What tracking costs (1, 6), how fast an epoch's metrics show on the server (3), and the end-of-run tail (4)."""
+"""What tracking costs (1, 6), how fast an epoch's metrics show on the server (3), and the end-of-run tail (4).
+
+1, 4 and the epochs part of 6 come from one set of pairs of 100-epoch trainings, each watched from outside
+(bench.harness.Timed): the start-to-exit time of the same run stopped after E epochs is its start and first
+E epochs as measured plus its end (last epoch to exit), so 10, 30 and 100 epochs cost one set of runs.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from statistics import median, quantiles
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from statistics import median, quantiles
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mlflow import MlflowClient
 
-from bench.harness import (Datasets, Pairs, Timed, client_env, data_overrides, interleaved,
-                           run_timed, train_argv)
+from bench.harness import Datasets, Pairs, Timed, client_env, data_overrides, interleaved, run_timed, train_argv
 from tests.servers import TrackingServer
 
 PROBE = "metrics/mAP_0.5"
@@ -31,41 +35,76 @@ class Settings:
 
 
 class TrackedRuns:
-    """Launches trainings that track to `server`, one experiment each, and remembers them for the tail figures."""
+    """Launches trainings, tracked to `server` (one experiment each) or not, each in a folder of its own."""
 
     def __init__(self, server: TrackingServer, workdir: Path, data: Datasets) -> None:
         self.server, self.workdir, self.data = server, workdir, data
         self.client = MlflowClient(tracking_uri=server.uri)
-        self.finished: List[tuple] = []  # (experiment name, Timed)
         self._count = 0
 
-    def _next(self, label: str) -> str:
+    def next_name(self, label: str) -> str:
         self._count += 1
         return f"bench-{label}-{self._count}"
 
-    def tracked(self, overrides: List[str], label: str) -> Timed:
-        experiment = self._next(label)
+    def tracked(self, overrides: List[str], label: str, experiment: Optional[str] = None) -> Tuple[str, Timed]:
+        experiment = experiment or self.next_name(label)
         env = client_env(MLFLOW_TRACKING_URI=self.server.uri, MLFLOW_EXPERIMENT_NAME=experiment,
                          YOLOV5_MLFLOW_CACHE=str(self.data.cache_dir))
-        timed = run_timed(train_argv(*overrides), self.workdir / experiment, env)
-        self.finished.append((experiment, timed))
-        return timed
+        return experiment, run_timed(train_argv(*overrides), self.workdir / experiment, env)
 
     def untracked(self, overrides: List[str], label: str) -> Timed:
         env = client_env(YOLOV5_MLFLOW_CACHE=str(self.data.cache_dir))
-        return run_timed(train_argv(*overrides, "mlflow.enabled=false"), self.workdir / self._next(label), env)
+        return run_timed(train_argv(*overrides, "mlflow.enabled=false"), self.workdir / self.next_name(label), env)
 
-    def run_of(self, experiment: str):
+    def run_id(self, experiment: str) -> str:
         [run] = self.client.search_runs([self.client.get_experiment_by_name(experiment).experiment_id])
-        return run
+        return run.info.run_id
 
 
-def overhead(runs: TrackedRuns, settings: Settings, epochs: int, nc: int, pairs: int) -> Pairs:
-    """Start to exit, tracking off (A) against full tracking to the server (B)."""
+@dataclass
+class Trainings:
+    """Interleaved pairs of the same training: tracking off (A) and full tracking to the server (B)."""
+    off: List[Timed]
+    on: List[Timed]
+    experiments: List[str]  # of the tracked ones, in order
+
+    def at(self, epochs: int) -> Pairs:
+        return Pairs([t.as_if(epochs) for t in self.off], [t.as_if(epochs) for t in self.on])
+
+    def end(self) -> Pairs:
+        return Pairs([t.end_s for t in self.off], [t.end_s for t in self.on])
+
+
+def trainings(runs: TrackedRuns, settings: Settings, epochs: int, nc: int, pairs: int) -> Trainings:
     overrides = settings.overrides(runs.data, nc, epochs)
-    label = f"overhead-e{epochs}-nc{nc}"
-    return interleaved(pairs, lambda: runs.untracked(overrides, label).seconds,
-                       lambda: runs.tracked(overrides, label).seconds)
+    label = f"e{epochs}-nc{nc}"
+    result = Trainings([], [], [])
+
+    def off() -> float:
+        result.off.append(runs.untracked(overrides, label))
+        return result.off[-1].seconds
+
+    def on() -> float:
+        experiment, timed = runs.tracked(overrides, label)
+        result.on.append(timed)
+        result.experiments.append(experiment)
+        return timed.seconds
+
+    interleaved(pairs, off, on)
+    return result
+
+
+def scaling(family: Trainings, tiers: Sequence[int]) -> Dict[str, Dict[str, object]]:
+    """Per number of epochs: off, on, their ratio and the seconds tracking adds; then where those come from."""
+    figures: Dict[str, Dict[str, object]] = {f"epochs={e}": family.at(e).summary() for e in tiers}
+    first, last = min(tiers), max(tiers)
+    through = [median(on.epoch_ends[e - 1] - on.started_at for on in family.on)
+               - median(off.epoch_ends[e - 1] - off.started_at for off in family.off) for e in (1, first, last)]
+    end = family.end()
+    figures["split"] = {"start_to_first_epoch_s": round(through[0], 3),
+                        "per_epoch_ms": round(1000 * (through[2] - through[1]) / (last - first), 1),
+                        "end_s": round(median(end.b) - median(end.a), 3)}
+    return figures
 
 
 def _artifact_bytes(client: MlflowClient, run_id: str, path: Optional[str] = None) -> int:
@@ -75,32 +114,25 @@ def _artifact_bytes(client: MlflowClient, run_id: str, path: Optional[str] = Non
     return total
 
 
-def tails(runs: TrackedRuns, label_prefix: str) -> List[Dict[str, float]]:
-    """Per tracked run: seconds from the last epoch's end (its metrics' timestamp) to process exit, and bytes."""
-    figures = []
-    for experiment, timed in runs.finished:
-        if not experiment.startswith(f"bench-{label_prefix}"):
-            continue
-        run = runs.run_of(experiment)
-        last_epoch_end = max(m.timestamp for m in runs.client.get_metric_history(run.info.run_id, PROBE)) / 1000
-        figures.append({"tail_s": timed.exited_at - last_epoch_end,
-                        "bytes": _artifact_bytes(runs.client, run.info.run_id)})
-    return figures
+def tails(runs: TrackedRuns, family: Trainings) -> List[Dict[str, float]]:
+    """Per tracked run: seconds from the last epoch's end to process exit, and the bytes it uploaded."""
+    return [{"tail_s": timed.end_s, "bytes": _artifact_bytes(runs.client, runs.run_id(experiment))}
+            for experiment, timed in zip(family.experiments, family.on)]
 
 
 def live_latency(runs: TrackedRuns, settings: Settings, epochs: int) -> Dict[str, object]:
     """Seconds from each epoch's end (the timestamp its metrics carry, taken in YOLOv5's callback) until the
     server's API returns them, polled every 50 ms from another process's point of view (this one)."""
     seen: Dict[int, float] = {}
-    experiment_holder: List[str] = []
+    experiment = runs.next_name("latency")
     done = threading.Event()
 
     def poll() -> None:
         client = MlflowClient(tracking_uri=runs.server.uri)
         run_id = None
         while not done.is_set():
-            if run_id is None and experiment_holder:
-                found = client.get_experiment_by_name(experiment_holder[0])
+            if run_id is None:
+                found = client.get_experiment_by_name(experiment)
                 runs_found = client.search_runs([found.experiment_id]) if found else []
                 run_id = runs_found[0].info.run_id if runs_found else None
             if run_id is not None:
@@ -110,10 +142,9 @@ def live_latency(runs: TrackedRuns, settings: Settings, epochs: int) -> Dict[str
             time.sleep(0.05)
 
     poller = threading.Thread(target=poll, daemon=True)
-    experiment_holder.append(f"bench-latency-{runs._count + 1}")
     poller.start()
     try:
-        runs.tracked(settings.overrides(runs.data, 3, epochs), "latency")
+        runs.tracked(settings.overrides(runs.data, 3, epochs), "latency", experiment)
     finally:
         done.set()
         poller.join()

@@ -36,8 +36,13 @@ def wrapper_overhead(data: Datasets, settings: Settings, workdir: Path, epochs: 
     first = workdir / "reference"
     run_timed(train_argv(*overrides, f"hydra.run.dir={first}"), workdir, env)  # writes the yamls plain YOLOv5 reads
     count = iter(range(10**6))
-    return interleaved(
-        pairs,
-        lambda: run_timed(_yolov5_argv(first, workdir / f"plain-{next(count)}"), workdir, env).seconds,
-        lambda: run_timed(train_argv(*overrides, f"hydra.run.dir={workdir / f'ours-{next(count)}'}"), workdir,
-                          env).seconds)
+
+    def plain() -> float:
+        out = workdir / f"plain-{next(count)}"
+        return run_timed(_yolov5_argv(first, out), out, env).seconds
+
+    def ours() -> float:
+        out = workdir / f"ours-{next(count)}"
+        return run_timed(train_argv(*overrides, f"hydra.run.dir={out}"), out, env).seconds
+
+    return interleaved(pairs, plain, ours)

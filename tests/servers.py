@@ -119,13 +119,14 @@ class ManagedTrackingServer:
     Only the server knows the S3 endpoint and credentials: training processes get none.
     """
 
-    def __init__(self, workdir: Path, backend_store_uri: str, s3_endpoint: str, **env: str) -> None:
+    def __init__(self, workdir: Path, backend_store_uri: str, s3_endpoint: str, workers: int = 1,
+                 **env: str) -> None:
         self.port = free_port()
         self.log = workdir / "mlflow-server.log"
         self.env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **env}
         self.command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
                         "--backend-store-uri", backend_store_uri,
-                        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", "2"]
+                        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", str(workers)]
         self.tracking = TrackingServer(uri=f"http://127.0.0.1:{self.port}", s3_endpoint=s3_endpoint, log=self.log)
         self._process: subprocess.Popen | None = None
 

@@ -1,3 +1,3 @@
-from train.cli import main
+from train.cli import exit_after, main
 
-main()
+exit_after(main)

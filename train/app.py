@@ -182,8 +182,9 @@ def _log_model(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, run_id
     from train.model.registry import example_image, log_detector, register_if_better
     from train.tracking.names import sanitize_key
 
-    model_uri = log_detector(yolo.save_dir(out_dir) / "weights" / "best.pt", config["train"]["imgsz"],
-                             example_image(data_yaml))
+    save_dir = yolo.save_dir(out_dir)
+    model_uri = log_detector(save_dir / "weights" / "best.pt", config["train"]["imgsz"], example_image(data_yaml),
+                             step=yolo.best_epoch(save_dir / "results.csv"))
     name = config["mlflow"]["registered_model_name"]
     if name:
         alias = config["mlflow"]["champion_alias"]

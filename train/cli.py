@@ -8,9 +8,12 @@ Multirun sweeps are checked per trial, inside the task function.
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, NoReturn, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
@@ -90,3 +93,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     from train.app import hydra_main  # heavy imports only once the config is known to be good
 
     hydra_main()
+
+
+def _exit_code(code: object) -> int:
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)  # sys.exit("message"), as Python itself would print it
+    return 1
+
+
+def exit_after(entry_point: Callable[[], None]) -> NoReturn:
+    """Run `entry_point`, then end the process without Python's module teardown.
+
+    Freeing the modules torch, yolov5 and mlflow import takes 1.7-1.9 s on 2 cores (measured with
+    bench/), after the run's record is closed and every file written. What a normal exit does that
+    matters is kept: non-daemon threads joined, atexit handlers run (logging's flush, temporary
+    folders' finalizers, multiprocessing's children), standard streams flushed. An exception other
+    than SystemExit (a crash) takes the normal path, traceback and all, and so does a process under a
+    profiler, tracer or debugger (cProfile, coverage, pdb), which writes its results at the normal exit.
+    """
+    if sys.getprofile() or sys.gettrace():
+        entry_point()
+        return sys.exit(0)
+    try:
+        entry_point()
+        code = 0
+    except SystemExit as exit_:
+        code = _exit_code(exit_.code)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # noqa: SLF001 - the same handlers Python would run
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

@@ -17,7 +17,7 @@ import shlex
 import sys
 from typing import List, NoReturn, Sequence
 
-from train.cli import EXIT_BAD_INPUT
+from train.cli import EXIT_BAD_INPUT, exit_after
 
 # MLproject parameter -> config key. An empty value leaves the config's default in place.
 PARAMETERS = {
@@ -83,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_after(main)

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import List, Sequence
 
+from train.cli import exit_after
 from train.cli import main as train_main
 from train.mlproject import unquote
 
@@ -54,4 +55,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_after(main)

@@ -81,6 +81,22 @@ def checkpoint_epoch(checkpoint: Path) -> int:
     return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
 
 
+def best_epoch(results_csv: Path) -> int:
+    """The epoch whose weights best.pt holds: YOLOv5 saves it whenever an epoch's fitness reaches the best so
+    far, ties included, so the last of equal epochs. 0 when results.csv has no rows yet."""
+    import numpy as np
+    from yolov5.utils.metrics import fitness
+
+    header, *rows = results_csv.read_text().splitlines()
+    names = [cell.strip() for cell in header.split(",")]
+    columns = [names.index(f"metrics/{name}") for name in ("precision", "recall", "mAP_0.5", "mAP_0.5:0.95")]
+    table = np.array([[float(row.split(",")[i]) for i in columns] for row in rows]).reshape(-1, 4)
+    if not len(table):
+        return 0
+    scores = fitness(table)
+    return int(rows[len(scores) - 1 - int(np.argmax(scores[::-1]))].split(",")[0])
+
+
 def _keep_rows_through(results_csv: Path, last_epoch: int) -> None:
     # Rows past the checkpoint (an epoch recorded but never saved) would be trained and written again.
     if not results_csv.is_file():

@@ -148,3 +148,19 @@ def test_logged_registered_and_served_through_the_alias(checkpoint, tmp_path, mo
     served = mlflow.pyfunc.load_model("models:/shapes@champion")
     assert served.metadata.get_input_schema().input_names() == ["image"]
     assert list(served.predict(_images(), params={"conf_thres": 0.0}).columns) == list(OUTPUT_DTYPES)
+
+
+def test_the_model_code_is_the_part_of_train_a_serving_process_imports(tmp_path):
+    """The copy logged with the model (code_paths) imports the detector on its own: nothing else of `train`."""
+    import subprocess
+    import sys
+
+    from train.model.registry import MODEL_CODE, _model_code
+
+    package = _model_code(tmp_path)
+    assert sorted(str(p.relative_to(package)) for p in package.rglob("*.py")) == sorted(MODEL_CODE)
+    probe = ("import train.model.detector as d, train.offline; "
+             f"assert d.__file__.startswith({str(tmp_path)!r}), d.__file__")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

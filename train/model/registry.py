@@ -6,6 +6,8 @@ Called inside the training run once YOLOv5 has finished (see log_detector), or a
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +25,9 @@ from train.data import IMAGE_SUFFIXES
 from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, OUTPUT_DTYPES, YoloDetector
 
 TRAIN_PACKAGE = Path(__file__).resolve().parent.parent
+# What a serving process imports from this project: unpickling YoloDetector and its load_context. The rest
+# of `train` (Hydra, training, tracking) never runs there, and each file is one more upload per logged model.
+MODEL_CODE = ("__init__.py", "offline.py", "model/__init__.py", "model/detector.py")
 REQUIREMENTS_TXT = TRAIN_PACKAGE.parent / "requirements.txt"
 # What loading and predicting import; the rest of requirements.txt (Hydra, Optuna, Docker, ...) only trains.
 SERVING_PACKAGES = ("yolov5", "torch", "torchvision", "mlflow", "pandas", "numpy", "pillow", "setuptools")
@@ -58,25 +63,35 @@ def example_image(data_yaml: Path) -> Path:
     return min(p for p in (Path(layout["path"]) / layout["val"]).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _model_code(folder: Path) -> Path:
+    """The MODEL_CODE files of the `train` package, copied under `folder`; the package folder."""
+    package = folder / TRAIN_PACKAGE.name
+    for relative in MODEL_CODE:
+        (package / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(TRAIN_PACKAGE / relative, package / relative)
+    return package
+
+
 def log_detector(best_pt: Path, imgsz: int, example_image: Path, run_id: Optional[str] = None,
-                 conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES) -> str:
+                 conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES, step: int = 0) -> str:
     """Log `best_pt` as the pyfunc model `model` of the active run (or of `run_id`); its model URI.
 
     imgsz: the training image size. example_image: an encoded image file, stored as the input example;
     MLflow also predicts on it through the JSON serving path before returning, so a model that cannot load
-    or predict is reported (as a warning) at logging time.
+    or predict is reported (as a warning) at logging time. step: the epoch whose weights best_pt holds; MLflow
+    links the run's metrics at that step to the model.
     """
     active = mlflow.active_run()
     if run_id is None and active is None:
         raise ValueError("log_detector needs an active run or a run_id: the model belongs to a training run")
     in_run = run_id is None or (active is not None and active.info.run_id == run_id)
-    with nullcontext() if in_run else mlflow.start_run(run_id=run_id):
+    with nullcontext() if in_run else mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as code:
         info = mlflow.pyfunc.log_model(
             name="model", python_model=YoloDetector(), artifacts={"weights": str(best_pt)},
             model_config={"imgsz": int(imgsz)}, signature=detector_signature(conf_thres, iou_thres),
-            input_example=pd.DataFrame({"image": [Path(example_image).read_bytes()]}),
-            # The `train` package travels with the model: a fresh process unpickles YoloDetector from it.
-            code_paths=[str(TRAIN_PACKAGE)], pip_requirements=serving_requirements())
+            input_example=pd.DataFrame({"image": [Path(example_image).read_bytes()]}), step=step,
+            # The model's part of `train` travels with it: a fresh process unpickles YoloDetector from it.
+            code_paths=[str(_model_code(Path(code)))], pip_requirements=serving_requirements())
     return info.model_uri
 
 
