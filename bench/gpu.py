@@ -16,11 +16,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Dict, List
 
-from bench.harness import client_env, interleaved, servers, train_argv
+from bench.harness import client_env, interleaved, run_timed, servers, train_argv
 from train import offline
 from train.data.synthetic import SyntheticSpec, generate
 from train.yolo import model_yaml
@@ -54,22 +53,10 @@ class GpuSampler:
         self._thread.join()
 
 
-def images_per_second(argv: List[str], cwd: Path, env: Dict[str, str], images: int,
-                      results_glob: str) -> Dict[str, float]:
-    """Run `argv`; epochs 2.. of its results.csv, timed as their rows appear: images per second, GPU %."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    row_times: List[float] = []
+def images_per_second(argv: List[str], cwd: Path, env: Dict[str, str], images: int) -> Dict[str, float]:
+    """Run `argv` in `cwd`; epochs 2.. as timed by their results.csv rows: images per second, and GPU %."""
     with GpuSampler() as gpu:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        while proc.poll() is None:
-            found = list(cwd.glob(results_glob))
-            rows = len(found[0].read_text().splitlines()) - 1 if found else 0
-            row_times.extend([time.monotonic()] * (rows - len(row_times)))
-            time.sleep(0.05)
-        stderr = proc.stderr.read() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{stderr[-3000:]}")
-    measured = row_times[1:]
+        measured = run_timed(argv, cwd, env).epoch_ends[1:]
     busy = gpu.samples[len(gpu.samples) // 4:]  # past start-up
     return {"images_per_s": images * (len(measured) - 1) / (measured[-1] - measured[0]),
             "gpu_util_median_pct": statistics.median(busy) if busy else 0.0}
@@ -109,15 +96,15 @@ def main() -> None:
             count = iter(range(10**6))
 
             def run_plain() -> float:
-                n = next(count)
-                runs["plain"].append(images_per_second(plain + ["--project", str(work / f"p{n}")], work, env,
-                                                       args.images, f"p{n}/exp/results.csv"))
+                folder = work / f"plain-{next(count)}"
+                runs["plain"].append(images_per_second(plain + ["--project", str(folder), "--name", "yolov5"],
+                                                       folder, env, args.images))
                 return 1 / runs["plain"][-1]["images_per_s"]
 
             def run_ours() -> float:
-                n = next(count)
-                runs["ours"].append(images_per_second(train_argv(*settings, f"hydra.run.dir={work / f'o{n}'}"),
-                                                      work, tracked_env, args.images, f"o{n}/yolov5/results.csv"))
+                folder = work / f"ours-{next(count)}"
+                runs["ours"].append(images_per_second(train_argv(*settings, f"hydra.run.dir={folder / 'run'}"),
+                                                      folder, tracked_env, args.images))
                 return 1 / runs["ours"][-1]["images_per_s"]
 
             interleaved(args.pairs, run_plain, run_ours)

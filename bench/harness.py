@@ -94,6 +94,7 @@ class Timed:
     started_at: float
     exited_at: float
     epoch_ends: List[float]
+    folder: Path  # where it ran: Hydra's outputs/ (or YOLOv5's project folder) is under it
 
     @property
     def seconds(self) -> float:
@@ -148,7 +149,7 @@ def run_timed(argv: Sequence[str], cwd: Path, env: Dict[str, str], timeout_s: fl
         exited = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return Timed(started, exited, watch.ends or [exited])
+    return Timed(started, exited, watch.ends or [exited], cwd)
 
 
 def train_argv(*overrides: str) -> List[str]:

@@ -105,8 +105,9 @@ def _exit_code(code: object) -> int:
 def exit_after(entry_point: Callable[[], None]) -> NoReturn:
     """Run `entry_point`, then end the process without Python's module teardown.
 
-    Freeing the modules torch, yolov5 and mlflow import takes 1.7-1.9 s on 2 cores (measured with
-    bench/), after the run's record is closed and every file written. What a normal exit does that
+    Freeing the modules torch, yolov5 and mlflow import takes 1.7-1.9 s on 2 cores (an interpreter that
+    imports them and exits, against one that calls os._exit), after the run's record is closed and every
+    file written. What a normal exit does that
     matters is kept: non-daemon threads joined, atexit handlers run (logging's flush, temporary
     folders' finalizers, multiprocessing's children), standard streams flushed. An exception other
     than SystemExit (a crash) takes the normal path, traceback and all, and so does a process under a

@@ -23,6 +23,7 @@ from mlflow.entities import RunInfo, RunStatus
 from mlflow.environment_variables import (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_HTTP_REQUEST_MAX_RETRIES,
                                           MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
 
+from train.tracking.errors import RecordIncomplete, TrackingUnavailable
 from train.tracking.names import flatten, redact
 
 EMBEDDED_DB = "mlflow.db"
@@ -32,14 +33,6 @@ EMBEDDED_DB = "mlflow.db"
 os.environ.setdefault(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name, "true")
 # Its download progress bars would surround a refusal's one line on stderr.
 os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server or its artifact store cannot be reached; str() is one line."""
-
-
-class RecordIncomplete(RuntimeError):
-    """Training ended but the server never took all of its record; what is missing is kept locally."""
 
 
 # The cause at the bottom of urllib3's "Max retries exceeded ... (Caused by NewConnectionError(...))" chains.

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from train.tracking.run import TrackingUnavailable, check_reachable, one_line, upload_outputs
+from train.tracking.errors import TrackingUnavailable
+from train.tracking.run import check_reachable, one_line, upload_outputs
 from train.tracking.spool import PENDING_FILE, PendingRecord
 
 
