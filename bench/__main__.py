@@ -49,7 +49,7 @@ def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Sett
 
         family = trainings(runs, settings, max(tiers), 3, pairs)
         results["tracking_overhead"] = family.at(epochs).summary()
-        results["scaling"] = scaling(family, tiers)
+        results["scaling"] = scaling(runs, family, tiers)
         figures = tails(runs, family)
         throughput = direct_throughput_mb_s(server, workdir / "payloads")
         tail = median([f["tail_s"] for f in figures])

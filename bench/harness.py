@@ -7,6 +7,7 @@ pair alternating so a warming cache or a neighbour's burst does not always favou
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -150,6 +151,21 @@ def run_timed(argv: Sequence[str], cwd: Path, env: Dict[str, str], timeout_s: fl
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return Timed(started, exited, watch.ends or [exited], cwd)
+
+
+def session_cpu_s(leader: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of `leader`'s session: a server and its
+    workers, which tests/servers.py starts in a session of their own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state is fields[0]
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == leader:  # session id
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 def train_argv(*overrides: str) -> List[str]:

@@ -51,7 +51,8 @@ def markdown(results: Dict[str, Any]) -> str:
         lines.append(f"| 6. scaling, {label} | off {o['median_a_s']} s | on {o['median_b_s']} s | {_extra(o)} | "
                      "linear, small | |")
     split = results["scaling"]["split"]
-    lines.append(f"| 6. where tracking's seconds go | | | start to first epoch {split['start_to_first_epoch_s']:+} s, "
+    lines.append(f"| 6. where tracking's seconds go | | the server's CPU: {split['server_cpu_per_run_s']} s per "
+                 f"{max(s['tiers'])}-epoch run | start to first epoch {split['start_to_first_epoch_s']:+} s, "
                  f"{split['per_epoch_ms']:+} ms per epoch, end {split['end_s']:+} s | linear, small | |")
     rt = results["server_round_trip"]
     lines.append(f"| 8. server round trip, kept-alive connection | `--workers 1` (deploy/) {1000 * rt['median_a_s']:.1f} "

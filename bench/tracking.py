@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mlflow import MlflowClient
 
-from bench.harness import Datasets, Pairs, Timed, client_env, data_overrides, interleaved, run_timed, train_argv
+from bench.harness import (Datasets, Pairs, Timed, client_env, data_overrides, interleaved, run_timed,
+                           session_cpu_s, train_argv)
 from tests.servers import TrackingServer
 
 PROBE = "metrics/mAP_0.5"
@@ -40,6 +41,7 @@ class TrackedRuns:
     def __init__(self, server: TrackingServer, workdir: Path, data: Datasets) -> None:
         self.server, self.workdir, self.data = server, workdir, data
         self.client = MlflowClient(tracking_uri=server.uri)
+        self.server_cpu_s: Dict[str, float] = {}  # per tracked run (experiment): the server's CPU seconds meanwhile
         self._count = 0
 
     def next_name(self, label: str) -> str:
@@ -50,7 +52,10 @@ class TrackedRuns:
         experiment = experiment or self.next_name(label)
         env = client_env(MLFLOW_TRACKING_URI=self.server.uri, MLFLOW_EXPERIMENT_NAME=experiment,
                          YOLOV5_MLFLOW_CACHE=str(self.data.cache_dir))
-        return experiment, run_timed(train_argv(*overrides), self.workdir / experiment, env)
+        cpu_before = session_cpu_s(self.server.pid)
+        timed = run_timed(train_argv(*overrides), self.workdir / experiment, env)
+        self.server_cpu_s[experiment] = session_cpu_s(self.server.pid) - cpu_before
+        return experiment, timed
 
     def untracked(self, overrides: List[str], label: str) -> Timed:
         env = client_env(YOLOV5_MLFLOW_CACHE=str(self.data.cache_dir))
@@ -94,8 +99,9 @@ def trainings(runs: TrackedRuns, settings: Settings, epochs: int, nc: int, pairs
     return result
 
 
-def scaling(family: Trainings, tiers: Sequence[int]) -> Dict[str, Dict[str, object]]:
-    """Per number of epochs: off, on, their ratio and the seconds tracking adds; then where those come from."""
+def scaling(runs: TrackedRuns, family: Trainings, tiers: Sequence[int]) -> Dict[str, Dict[str, object]]:
+    """Per number of epochs: off, on, their ratio and the seconds tracking adds; then where those come from,
+    and the CPU the server spent per tracked run (here it shares the machine's cores with the training)."""
     figures: Dict[str, Dict[str, object]] = {f"epochs={e}": family.at(e).summary() for e in tiers}
     first, last = min(tiers), max(tiers)
     through = [median(on.epoch_ends[e - 1] - on.started_at for on in family.on)
@@ -103,7 +109,8 @@ def scaling(family: Trainings, tiers: Sequence[int]) -> Dict[str, Dict[str, obje
     end = family.end()
     figures["split"] = {"start_to_first_epoch_s": round(through[0], 3),
                         "per_epoch_ms": round(1000 * (through[2] - through[1]) / (last - first), 1),
-                        "end_s": round(median(end.b) - median(end.a), 3)}
+                        "end_s": round(median(end.b) - median(end.a), 3),
+                        "server_cpu_per_run_s": round(median(runs.server_cpu_s[e] for e in family.experiments), 2)}
     return figures
 
 

@@ -68,6 +68,7 @@ class TrackingServer:
     uri: str
     s3_endpoint: str
     log: Path
+    pid: int = 0  # the `mlflow server` process, leader of a session of its own (its workers), when started here
 
     def s3(self):
         import boto3
@@ -135,6 +136,7 @@ class ManagedTrackingServer:
             self._process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                              start_new_session=True)
         wait_until_up(f"{self.tracking.uri}/health", self._process, self.log)
+        self.tracking.pid = self._process.pid
         return self.tracking
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from bench.harness import Timed, run_timed
 
@@ -24,7 +25,7 @@ def test_each_results_row_is_timed_as_it_appears(tmp_path):
 
 
 def test_a_run_cut_short_keeps_its_start_and_its_end():
-    timed = Timed(started_at=100.0, exited_at=130.0, epoch_ends=[110.0, 115.0, 120.0, 125.0])
+    timed = Timed(started_at=100.0, exited_at=130.0, epoch_ends=[110.0, 115.0, 120.0, 125.0], folder=Path("run"))
     assert timed.seconds == 30.0
     assert timed.end_s == 5.0
     assert timed.as_if(1) == 15.0  # 10 s to the first epoch's end, then the 5 s end
