@@ -69,10 +69,10 @@ class Datasets:
 
 
 def datasets(workdir: Path, image_size: int) -> Datasets:
-    """3 classes: 64 training and 8 validation images. 80 classes: coco128's layout, which needs 128 images and
+    """3 classes: 32 training and 8 validation images. 80 classes: coco128's layout, which needs 128 images and
     validates on them (its yaml names train2017 for both), the same synthetic shapes under coco's 80 names."""
     cache_dir = workdir / "cache"
-    three = generate(SyntheticSpec(train_images=64, val_images=8, image_size=image_size, seed=0), cache_dir)
+    three = generate(SyntheticSpec(train_images=32, val_images=8, image_size=image_size, seed=0), cache_dir)
     eighty_source = generate(SyntheticSpec(train_images=128, val_images=1, image_size=image_size, seed=0), cache_dir)
     eighty = workdir / "coco128-layout"
     shutil.rmtree(eighty, ignore_errors=True)

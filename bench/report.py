@@ -30,7 +30,7 @@ def markdown(results: Dict[str, Any]) -> str:
     for number, key, label, a, b in (
             (1, "tracking_overhead", f"tracking overhead, {s['epochs']} epochs", "tracking off",
              "full tracking to the server"),
-            (2, "wrapper_overhead", "wrapper overhead, 10 epochs", "`python -m yolov5.train`",
+            (2, "wrapper_overhead", f"wrapper overhead, {s['wrapper_epochs']} epochs", "`python -m yolov5.train`",
              "`python -m train`, tracking off")):
         pair, goal = results[key], GOALS[key]
         lines.append(f"| {number}. {label} | {a} {pair['median_a_s']} s | {b} {pair['median_b_s']} s | "
