@@ -121,10 +121,10 @@ def exit_after(entry_point: Callable[[], None]) -> NoReturn:
         code = 0
     except SystemExit as exit_:
         code = _exit_code(exit_.code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # noqa: SLF001 - the same handlers Python would run
+    # What Python runs first at exit: threading's own exit hooks (concurrent.futures tells its idle workers to
+    # stop there; joining them without it would wait forever), then every non-daemon thread joined.
+    threading._shutdown()  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001 - the same handlers Python would run next
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)

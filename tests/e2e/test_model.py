@@ -108,6 +108,16 @@ def test_a_model_is_logged_with_signature_and_example(registered, tracking_serve
     assert {p.name: p.default for p in info.signature.params.params} == {"conf_thres": 0.25, "iou_thres": 0.45}
     assert info.saved_input_example_info["type"] == "dataframe"
 
+    # Logged at the epoch best.pt holds (YOLOv5's fitness, 0.1 mAP_0.5 + 0.9 mAP_0.5:0.95, ties to the later),
+    # so the metrics MLflow links to the model are that epoch's.
+    client = mlflow.MlflowClient()
+    fitness: Dict[int, float] = {}
+    for key, weight in (("metrics/mAP_0.5", 0.1), ("metrics/mAP_0.5_0.95", 0.9)):
+        for point in client.get_metric_history(registered["strong"], key):
+            fitness[point.step] = fitness.get(point.step, 0.0) + weight * point.value
+    steps = {metric.step for metric in mlflow.get_logged_model(info.model_id).metrics}
+    assert len(steps) == 1 and fitness[steps.pop()] >= max(fitness.values()) - 1e-4  # results.csv keeps 5 digits
+
 
 def _iou(a: Tuple[float, ...], b: Tuple[float, ...]) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))

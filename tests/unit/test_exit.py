@@ -54,6 +54,17 @@ def test_what_a_normal_exit_does_still_happens(tmp_path):
     assert "logged" in (tmp_path / "log.txt").read_text()
 
 
+def test_an_open_thread_pool_does_not_keep_the_process_alive(tmp_path):
+    """concurrent.futures' workers (MLflow's async logging, joblib) stop through threading's exit hooks."""
+    proc = _run("""
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(2)
+        pool.submit(lambda: (OUT / "task.txt").write_text("done"))
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "task.txt").read_text() == "done"
+
+
 def test_a_crash_takes_the_normal_path(tmp_path):
     proc = _run("raise ValueError('boom')", tmp_path)
     assert proc.returncode == 1
