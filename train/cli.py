@@ -107,15 +107,15 @@ def exit_after(entry_point: Callable[[], None]) -> NoReturn:
 
     Freeing the modules torch, yolov5 and mlflow import takes 1.7-1.9 s on 2 cores (an interpreter that
     imports them and exits, against one that calls os._exit), after the run's record is closed and every
-    file written. What a normal exit does that
-    matters is kept: non-daemon threads joined, atexit handlers run (logging's flush, temporary
-    folders' finalizers, multiprocessing's children), standard streams flushed. An exception other
+    file written. What a normal exit does that matters is kept: threading's exit hooks run and non-daemon
+    threads joined, atexit handlers run (logging's flush, temporary folders' finalizers, multiprocessing's
+    children), standard streams flushed. An exception other
     than SystemExit (a crash) takes the normal path, traceback and all, and so does a process under a
     profiler, tracer or debugger (cProfile, coverage, pdb), which writes its results at the normal exit.
     """
     if sys.getprofile() or sys.gettrace():
         entry_point()
-        return sys.exit(0)
+        sys.exit(0)
     try:
         entry_point()
         code = 0
