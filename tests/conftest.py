@@ -55,6 +55,15 @@ def train_cli(cwd: Path, cache_dir: Path, overrides: List[str], env: Dict[str, s
                           capture_output=True, text=True, timeout=timeout)
 
 
+def why(proc: subprocess.CompletedProcess, tail: int = 3000) -> str:
+    """What a failed `python -m train` said: its `error:` lines and the sweep's verdict, then the end of stderr.
+
+    Parallel trials interleave their output, so a failing trial's own line can sit far above the tail."""
+    said = [line for line in (proc.stdout + proc.stderr).splitlines()
+            if line.startswith("error:") or line.startswith("MLflow sweep run")]
+    return "\n".join(said + ["--- end of stderr ---", proc.stderr[-tail:]])
+
+
 @pytest.fixture
 def train(tmp_path, cache_dir):
     """train(*overrides, env=...) -> CompletedProcess, run in this test's tmp_path."""

@@ -21,7 +21,8 @@ from typing import Dict, Iterator, Tuple
 import pytest
 import yaml
 
-from tests.conftest import REPO, ManagedTrackingServer, TrackingServer, free_port, start, stop, wait_until_up
+from tests.conftest import (REPO, ManagedTrackingServer, TrackingServer, free_port, start, stop, wait_until_up,
+                            why)
 
 LOCAL_BASE = "yolov5-mlflow-test-base:bookworm"
 # The persistent data root keeps built images between local test sessions; CI machines start empty anyway.
@@ -220,7 +221,7 @@ def recipe_run(tracking_server, cache_dir, tmp_path_factory):
 
     env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-learning")
     proc = train_cli(tmp_path_factory.mktemp("recipe"), cache_dir, ["train.workers=0"], env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     client = tracking_server.client()
     [run] = client.search_runs([client.get_experiment_by_name("e2e-learning").experiment_id])
     return run

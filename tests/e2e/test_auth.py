@@ -15,7 +15,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import pytest
 
-from tests.conftest import REPO, TINY, client_env, train_cli
+from tests.conftest import REPO, TINY, client_env, train_cli, why
 
 Credentials = Tuple[str, str]
 
@@ -57,7 +57,7 @@ def admin_training(auth_tracking_server, cache_dir, tmp_path_factory) -> Iterato
     """One tiny training as the admin: (completed process, its run, as the admin reads it)."""
     server = auth_tracking_server
     proc = train_as(server, server.admin, "e2e-auth", cache_dir, tmp_path_factory.mktemp("work"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         client = client_as(monkeypatch, server.admin)
@@ -134,7 +134,7 @@ def test_a_user_created_through_the_api_trains_too(auth_tracking_server, cache_d
                            auth_tracking_server.admin, {"username": trainer[0], "password": trainer[1]})
     assert status == 200, body
     proc = train_as(auth_tracking_server, trainer, "e2e-auth-trainer", cache_dir, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = client_as(monkeypatch, trainer)
     [run] = client.search_runs([client.get_experiment_by_name("e2e-auth-trainer").experiment_id])
@@ -170,7 +170,7 @@ def test_the_kubernetes_pod_logs_in_with_the_secret(auth_tracking_server, base_i
         proc = mlflow_run(project_copy, tmp_path, env, "--backend", "kubernetes", "--backend-config", str(backend),
                           "--build-image", "--experiment-name", "e2e-auth-kubernetes", *PARAMS)
     [job] = standin.jobs.values()
-    assert proc.returncode == 0 and job.exit_code == 0, proc.stderr[-3000:] + job.logs[-3000:]
+    assert proc.returncode == 0 and job.exit_code == 0, why(proc) + job.logs[-3000:]
     assert pod_user[1] not in json.dumps(job.manifest)  # the Job names the Secret, never holds the password
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = client_as(monkeypatch, pod_user)

@@ -16,7 +16,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from tests.conftest import TINY, client_env
+from tests.conftest import TINY, client_env, why
 from tests.e2e.conftest import registry_digest
 from tests.e2e.kube_standin import NODE_NAME, KubeStandIn
 
@@ -84,7 +84,7 @@ def _kubernetes_run(project_copy, tmp_path, kube, experiment: str, *params: str)
 def test_kubernetes_backend_builds_pushes_submits_and_finishes(tracking_server, base_image, project_copy, registry,
                                                                kube, tmp_path):
     proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes", *PARAMS)
-    assert proc.returncode == 0, proc.stderr[-3000:] + job.logs[-3000:]
+    assert proc.returncode == 0, why(proc) + job.logs[-3000:]
 
     manifest = job.manifest
     kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
@@ -141,7 +141,7 @@ def test_sweep_entry_point_as_one_kubernetes_job(tracking_server, base_image, pr
 
     proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-sweep", "-e", "sweep",
                                 "-P", f"sweep={' '.join(TINY)} train.epochs=1 hyp.lr0=0.01,0.001")
-    assert proc.returncode == 0, proc.stderr[-3000:] + job.logs[-3000:]
+    assert proc.returncode == 0, why(proc) + job.logs[-3000:]
     parent, children, rows = sweep_record(tracking_server, "e2e-kubernetes-sweep")
     assert parent.info.run_id == {v["name"]: v.get("value") for v in
                                   job.manifest["spec"]["template"]["spec"]["containers"][0]["env"]}["MLFLOW_RUN_ID"]

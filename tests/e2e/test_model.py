@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from tests.conftest import TINY, TrackingServer, client_env, train_cli
+from tests.conftest import TINY, TrackingServer, client_env, train_cli, why
 from train.data.synthetic import CLASS_NAMES, SyntheticSpec, generate
 from train.model.detector import OUTPUT_DTYPES
 
@@ -49,7 +49,7 @@ def _train_registering(server: TrackingServer, cache_dir: Path, workdir: Path) -
     """A weak model (tiny, one epoch) trained with mlflow.registered_model_name: (run id, (version, moved))."""
     env = client_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=EXPERIMENT)
     proc = train_cli(workdir, cache_dir, [*TINY, "train.epochs=1", f"mlflow.registered_model_name={NAME}"], env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"Registered {NAME} version ")]
     client = server.client()
     [run] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
@@ -141,7 +141,7 @@ def test_champion_finds_the_shapes_in_a_fresh_process(registered, tracking_serve
     result = tmp_path / "detections.json"
     proc = subprocess.run([sys.executable, "-c", SERVE, f"models:/{NAME}@champion", str(result), *map(str, images)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     served = json.loads(result.read_text())
     print(f"\nfresh process: load_model {served['load_s']:.1f} s, predict {len(images)} images "
           f"{served['predict_s']:.2f} s, {len(served['detections'])} detections")

@@ -18,7 +18,7 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
-from tests.conftest import REPO, TINY, ManagedTrackingServer, client_env, free_port
+from tests.conftest import REPO, TINY, ManagedTrackingServer, client_env, free_port, why
 from train.data.synthetic import SyntheticSpec, generate
 
 BAD_INPUT = 2
@@ -194,9 +194,9 @@ def test_bad_input(row, places, tracking_server, bad_s3_server, bystander, cache
     proc = subprocess.run([sys.executable, "-m", *(a.format(**places) for a in row.args)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
-    assert proc.returncode == row.exit_code, proc.stderr[-3000:]
+    assert proc.returncode == row.exit_code, why(proc)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], why(proc)
     assert errors[0].startswith(row.error.format(**places)), errors[0]
     assert "Traceback" not in proc.stderr
     assert _record(tracking_server, bystander) == before  # nothing written to the existing run
@@ -209,7 +209,7 @@ def test_an_unreachable_artifact_store_leaves_a_failed_run_that_says_why(places,
     proc = subprocess.run([sys.executable, "-m", "train", *TINY, f"mlflow.tracking_uri={bad_s3_server.tracking.uri}",
                            "mlflow.startup_timeout_s=5"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
-    assert proc.returncode == TRACKING_UNAVAILABLE, proc.stderr[-3000:]
+    assert proc.returncode == TRACKING_UNAVAILABLE, why(proc)
     client = bad_s3_server.tracking.client()
     [run] = client.search_runs([client.get_experiment_by_name("e2e-bad-s3").experiment_id])
     assert run.info.status == "FAILED"

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY, client_env, train_cli
+from tests.conftest import REPO, TINY, client_env, train_cli, why
 from train.data.synthetic import SyntheticSpec, generate
 
 EXPERIMENT = "e2e-reproduce"
@@ -29,7 +29,7 @@ def original(tracking_server, cache_dir, dataset, tmp_path_factory):
     env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME=EXPERIMENT)
     proc = train_cli(tmp_path_factory.mktemp("original"), cache_dir,
                      [*TINY, "train.epochs=3", f"data.root={dataset}"], env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     client = tracking_server.client()
     [run] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     return run
@@ -64,7 +64,7 @@ def test_lineage_names_code_data_and_environment(original, tracking_server):
 
 def test_reproduction_trains_a_new_run_with_identical_metrics(original, tracking_server, cache_dir, tmp_path):
     proc = reproduce(tracking_server, cache_dir, tmp_path / "work", original.info.run_id)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     assert "identical at every epoch" in proc.stdout, proc.stdout[-3000:]
     client = tracking_server.client()
     [copy] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")
@@ -85,7 +85,7 @@ def test_changed_data_is_refused_unless_allowed(original, tracking_server, cache
         proc = reproduce(tracking_server, cache_dir, tmp_path / "work", original.info.run_id)
     finally:
         label.write_text(saved)
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == 2, why(proc)
     [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert line.startswith("error: data: the training split's content digest is ")
     assert line.endswith("(reproduce.allow_mismatch=true to train anyway)")
@@ -98,6 +98,6 @@ def test_other_code_is_refused(original, tracking_server, cache_dir, tmp_path):
         proc = reproduce(tracking_server, cache_dir, tmp_path / "work", original.info.run_id)
     finally:
         client.set_tag(original.info.run_id, "git.commit", original.data.tags["git.commit"])
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == 2, why(proc)
     [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert line.startswith(f"error: code: run {original.info.run_id} was trained at commit 000000000000")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import TINY, client_env
+from tests.conftest import TINY, client_env, why
 
 
 def test_logs_into_the_run_named_by_mlflow_run_id(train, tracking_server):
@@ -14,7 +14,7 @@ def test_logs_into_the_run_named_by_mlflow_run_id(train, tracking_server):
     env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_RUN_ID=existing.info.run_id,
                      MLFLOW_EXPERIMENT_ID=experiment_id)
     proc = train(*TINY, "train.epochs=1", env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     [run] = client.search_runs([experiment_id])
     assert run.info.run_id == existing.info.run_id and run.info.run_name == "made-by-mlflow-run"
     assert run.info.status == "FINISHED"
@@ -26,7 +26,7 @@ def test_embedded_default_tracks_to_sqlite_in_the_working_folder(train, tmp_path
     from mlflow import MlflowClient
 
     proc = train(*TINY, "train.epochs=1", env=client_env())  # no MLFLOW_* at all
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert f"Open it with: mlflow ui --backend-store-uri {uri}" in proc.stdout
     client = MlflowClient(tracking_uri=uri)

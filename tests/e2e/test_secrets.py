@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, client_env, train_cli
+from tests.conftest import TINY, client_env, train_cli, why
 from tests.e2e.test_auth import call
 
 
@@ -57,7 +57,7 @@ def test_no_credential_reaches_the_record_or_the_console(password_in, auth_track
         overrides = [*TINY, "train.epochs=1", f"mlflow.tracking_uri={uri.replace('://', f'://{user}:{password}@')}"]
     (tmp_path / "work").mkdir()
     proc = train_cli(tmp_path / "work", cache_dir, overrides, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, TINY, client_env, train_cli
+from tests.conftest import REPO, TINY, client_env, train_cli, why
 
 EPOCHS = 3
 
@@ -19,7 +19,7 @@ def finished(tracking_server, cache_dir, tmp_path_factory):
     env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-tracking")
     proc = train_cli(tmp_path_factory.mktemp("work"), cache_dir,
                      [*TINY, f"train.epochs={EPOCHS}", "+mlflow.tags.team=vision"], env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     client = tracking_server.client()
     experiment = client.get_experiment_by_name("e2e-tracking")
     [run] = client.search_runs([experiment.experiment_id])

@@ -88,13 +88,39 @@ def dataset_digests(data_yaml: Path) -> Dict[str, str]:
             for context, split in (("training", "train"), ("validation", "val"))}
 
 
-def _log_datasets(name: str, source: str, digests: Dict[str, str]) -> None:
-    import mlflow
+# The server adds a dataset to an experiment by looking for it, then inserting it, in one transaction that
+# does not lock the table: two runs of one experiment that log the same new dataset at the same moment (the
+# trials of a parallel sweep) can both miss it, and the later insert fails on the datasets' unique key. The
+# failed request changed nothing, and asked again it finds the dataset the other run inserted.
+DATASET_RACE_ATTEMPTS = 3
+
+
+def _lost_dataset_race(error: Exception) -> bool:
+    text = str(error).lower()  # SQLite: "UNIQUE constraint failed: datasets..."; PostgreSQL: "... unique constraint"
+    return "unique constraint" in text and "dataset" in text
+
+
+def log_datasets(client, run_id: str, name: str, source: str, digests: Dict[str, str]) -> None:
+    """Each split (context -> digest) a dataset input of the run, in one request."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    for context, digest in digests.items():
-        mlflow.log_input(MetaDataset(resolve_dataset_source(source), name=name, digest=digest), context=context)
+    def entity(digest: str) -> Dataset:
+        described = MetaDataset(resolve_dataset_source(source), name=name, digest=digest).to_dict()
+        return Dataset(described["name"], described["digest"], described["source_type"], described["source"])
+
+    inputs = [DatasetInput(entity(digest), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+              for context, digest in digests.items()]
+    for attempt in range(1, DATASET_RACE_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if attempt == DATASET_RACE_ATTEMPTS or not _lost_dataset_race(error):
+                raise
 
 
 def environment_tags() -> Dict[str, str]:
@@ -132,7 +158,8 @@ def record(config: Mapping[str, Any], data_yaml: Path) -> None:
     data = config["data"]
     local = str(yaml.safe_load(data_yaml.read_text())["path"])
     source = data["download_url"] if data["name"] == "coco128" and data["root"] is None else local
-    _log_datasets(data["name"], source, dataset_digests(data_yaml))
+    log_datasets(mlflow.MlflowClient(), mlflow.active_run().info.run_id, data["name"], source,
+                 dataset_digests(data_yaml))
     mlflow.log_text(installed_packages(), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():
