@@ -162,6 +162,10 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
         try:
             with ConsoleTee(log_path):
                 print(f"MLflow run {run_id} in experiment {run.info.experiment_id} at {redact(tracking_uri)}")
+                if config["mlflow"]["log_model"]:
+                    from train.model.registry import check_serving_requirements_in_background
+
+                    check_serving_requirements_in_background()
                 try:
                     yolo.train(opt, interrupts, hooks)
                 except BaseException as error:

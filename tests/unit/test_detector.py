@@ -11,6 +11,8 @@ import base64
 import io
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -19,6 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.conftest import REPO
 from train.data.synthetic import CLASS_NAMES, SyntheticSpec, generate
 from train.model.detector import OUTPUT_DTYPES, YoloDetector
 from train.model.registry import (REQUIREMENTS_TXT, SERVING_PACKAGES, example_image, serving_requirements,
@@ -100,6 +103,22 @@ def test_base64_text_is_the_same_image(detector):
 def test_requirements_are_the_projects_pins():
     pinned = dict(line.split("==") for line in REQUIREMENTS_TXT.read_text().splitlines() if "==" in line)
     assert serving_requirements() == [f"{name}=={pinned[name]}" for name in SERVING_PACKAGES]
+
+
+def test_the_serving_requirements_check_runs_ahead_of_logging():
+    """MLflow scans the installed packages once per process for that check; the background one must be what
+    fills that scan, or logging the model pays it again after the last epoch. A fresh process: this one's
+    MLflow may have scanned already."""
+    script = ("import mlflow.utils.requirements_utils as ru\n"
+              "from train.model.registry import check_serving_requirements_in_background\n"
+              "assert ru._MODULES_TO_PACKAGES is None, 'scanned before the check'\n"
+              "thread = check_serving_requirements_in_background()\n"
+              "assert thread.daemon, 'a check still running must not hold up the exit'\n"
+              "thread.join()\n"
+              "assert ru._MODULES_TO_PACKAGES, 'the check left no scan for log_model to reuse'\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mismatches" not in proc.stderr  # the serving pins are what is installed
 
 
 def test_example_image_is_the_first_validation_image(tmp_path):
