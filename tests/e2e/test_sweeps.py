@@ -80,18 +80,27 @@ def test_parallel_sweep_loses_nothing(train, request, backend):
 
 
 @pytest.mark.parametrize("backend", ["tracking_server", "postgres_tracking_server"], ids=["sqlite", "postgresql"])
-def test_trials_recording_one_new_dataset_at_once_all_record_it(request, backend):
+def test_trials_recording_one_new_dataset_at_once_all_record_it(request, backend, monkeypatch):
     """Parallel trials log the same new dataset within milliseconds of each other; the server's check-then-insert
     lets some of them lose the race (10 of 60 here without train.tracking.lineage's retry)."""
+    import mlflow
+
     from train.tracking.lineage import log_datasets
 
-    client = request.getfixturevalue(backend).client()
+    server = request.getfixturevalue(backend)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    client = server.client()
     experiment_id = client.create_experiment(f"e2e-dataset-race-{backend}")
+
+    def record(run_id: str, digests) -> None:
+        with mlflow.start_run(run_id=run_id):  # MLflow's active run is per thread, as each trial's is per process
+            log_datasets("synthetic", "/data/synthetic", digests)
+
     for round_ in range(10):
         runs = [client.create_run(experiment_id).info.run_id for _ in range(6)]
         digests = {"training": f"{round_:016x}", "validation": f"{round_ + 100:016x}"}
         with ThreadPoolExecutor(len(runs)) as pool:
-            list(pool.map(lambda run_id: log_datasets(client, run_id, "synthetic", "/data/synthetic", digests), runs))
+            list(pool.map(lambda run_id: record(run_id, digests), runs))
         for run_id in runs:
             logged = {(i.tags[0].value, i.dataset.digest) for i in client.get_run(run_id).inputs.dataset_inputs}
             assert logged == set(digests.items())

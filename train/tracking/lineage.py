@@ -100,23 +100,17 @@ def _lost_dataset_race(error: Exception) -> bool:
     return "unique constraint" in text and "dataset" in text
 
 
-def log_datasets(client, run_id: str, name: str, source: str, digests: Dict[str, str]) -> None:
-    """Each split (context -> digest) a dataset input of the run, in one request."""
+def log_datasets(name: str, source: str, digests: Dict[str, str]) -> None:
+    """Each split (context -> digest) a dataset input of the active run, in one request."""
+    import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.exceptions import MlflowException
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    def entity(digest: str) -> Dataset:
-        described = MetaDataset(resolve_dataset_source(source), name=name, digest=digest).to_dict()
-        return Dataset(described["name"], described["digest"], described["source_type"], described["source"])
-
-    inputs = [DatasetInput(entity(digest), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
-              for context, digest in digests.items()]
+    datasets = [MetaDataset(resolve_dataset_source(source), name=name, digest=digest) for digest in digests.values()]
     for attempt in range(1, DATASET_RACE_ATTEMPTS + 1):
         try:
-            client.log_inputs(run_id, datasets=inputs)
+            mlflow.log_inputs(datasets=datasets, contexts=list(digests), tags_list=[None] * len(datasets))
             return
         except MlflowException as error:
             if attempt == DATASET_RACE_ATTEMPTS or not _lost_dataset_race(error):
@@ -158,8 +152,7 @@ def record(config: Mapping[str, Any], data_yaml: Path) -> None:
     data = config["data"]
     local = str(yaml.safe_load(data_yaml.read_text())["path"])
     source = data["download_url"] if data["name"] == "coco128" and data["root"] is None else local
-    log_datasets(mlflow.MlflowClient(), mlflow.active_run().info.run_id, data["name"], source,
-                 dataset_digests(data_yaml))
+    log_datasets(data["name"], source, dataset_digests(data_yaml))
     mlflow.log_text(installed_packages(), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():
