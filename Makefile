@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -c requirements.lock
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench system-deps lock clean
+.PHONY: demo ui test test-fast bench system-deps lock clean
 
 $(VENV)/.runtime: requirements.txt requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 ## demo: train 10 epochs on the synthetic data, tracked to ./mlflow.db, and say where to look
 demo: $(VENV)/.runtime
 	$(BIN)/python -m train train.epochs=10
+
+## ui: the MLflow UI over the runs `make demo` and `python -m train` recorded in ./mlflow.db, at http://127.0.0.1:5000
+ui: $(VENV)/.runtime
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 ## test: the whole suite, with the real servers and browser it starts itself
 test: $(VENV)/.dev system-deps

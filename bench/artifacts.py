@@ -12,7 +12,7 @@ import boto3
 from mlflow import MlflowClient
 
 from bench.harness import Pairs, interleaved
-from tests.servers import BUCKET, TrackingServer, boto_credentials
+from testbed.servers import BUCKET, TrackingServer, boto_credentials
 
 MB = 1024 * 1024
 

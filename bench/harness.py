@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Sequence
 
-from tests.servers import ManagedTrackingServer, TrackingServer, client_env, s3_server  # noqa: F401
+from testbed.servers import ManagedTrackingServer, TrackingServer, client_env, s3_server  # noqa: F401
 from train.data.synthetic import SyntheticSpec, generate
 
 
@@ -155,7 +155,7 @@ def run_timed(argv: Sequence[str], cwd: Path, env: Dict[str, str], timeout_s: fl
 
 def session_cpu_s(leader: int) -> float:
     """CPU seconds (user + system) used so far by the live processes of `leader`'s session: a server and its
-    workers, which tests/servers.py starts in a session of their own."""
+    workers, which testbed/servers.py starts in a session of their own."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -15,7 +15,7 @@ from typing import Dict
 from mlflow import MlflowClient
 
 from bench.harness import interleaved
-from tests.servers import ManagedTrackingServer, TrackingServer
+from testbed.servers import ManagedTrackingServer, TrackingServer
 
 
 def _median_call_s(uri: str, calls: int) -> float:

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from bench.harness import (Datasets, Pairs, Timed, client_env, data_overrides, interleaved, run_timed,
                            session_cpu_s, train_argv)
-from tests.servers import TrackingServer
+from testbed.servers import TrackingServer
 
 PROBE = "metrics/mAP_0.5"
 

@@ -1,4 +1,4 @@
-"""Fixtures: the real servers of tests/servers.py, started once per session and stopped at its end."""
+"""Fixtures: the real servers of testbed/servers.py, started once per session and stopped at its end."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from tests.servers import (BUCKET, REPO, S3_CREDENTIALS, ManagedTrackingServer, TrackingServer,  # noqa: F401
+from testbed.servers import (BUCKET, REPO, S3_CREDENTIALS, ManagedTrackingServer, TrackingServer,  # noqa: F401
                            client_env, free_port, s3_server, start, stop, wait_until_up)
 
 
@@ -36,9 +36,8 @@ def tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[TrackingServer]:
     yield from start_tracking_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3_endpoint)
 
 
-# Small and fast: a couple of seconds per epoch on two CPU cores.
-TINY = ["data.synthetic.train_images=32", "data.synthetic.val_images=16", "train.imgsz=64",
-        "train.batch=8", "train.workers=0"]
+# Small and fast: a couple of seconds per epoch on two CPU cores (conf/debug/tiny.yaml).
+TINY = ["debug=tiny"]
 
 
 @pytest.fixture(scope="session")

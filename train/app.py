@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from train import offline
 from train.cli import EXIT_BAD_INPUT
-from train.config import CONF_DIR, ConfigError, register_schema, to_container, validate
+from train.config import CONF_DIR, register_schema, to_container, validate
+from train.errors import ConfigError
 from train.console import ConsoleTee
 from train.data import DatasetError, prepare
 from train.interrupts import CheckpointSafeInterrupts
@@ -79,7 +80,7 @@ def _overrides() -> List[str]:
 def _refuse(error: Exception, config: Mapping[str, Any], exit_code: int = EXIT_BAD_INPUT) -> float:
     """Refused before a run exists: one line, a non-zero exit, no run. A sweep's trial is recorded as a FAILED
     child run that says why, so the sweep's record names it, and in a multirun the other trials go on."""
-    from train.tracking.names import redact
+    from train.redact import redact
 
     sweep_tags = _sweep_tags()
     if sweep_tags and exit_code == EXIT_BAD_INPUT:
@@ -100,7 +101,7 @@ def _finish_record(spool, run_id: str, out_dir: Path, log_path: Path, tracking_u
     import mlflow
 
     from train import yolo
-    from train.tracking.errors import RecordIncomplete
+    from train.errors import RecordIncomplete
     from train.tracking.run import end_status, one_line, upload_outputs
     from train.tracking.spool import PendingRecord
 
@@ -127,7 +128,7 @@ def _train_in_run(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, tra
     from train import yolo
     from train.tracking import lineage, resume
     from train.tracking.hooks import MlflowHooks
-    from train.tracking.names import redact
+    from train.redact import redact
     from train.tracking.run import active_run, all_params, check_artifacts_writable
     from train.tracking.spool import MetricSpool
 
@@ -238,7 +239,7 @@ def train_and_track(cfg: DictConfig) -> float:
     interrupts.install()
     offline.apply(cache_dir)  # before anything below imports yolov5
 
-    from train.tracking.errors import RecordIncomplete, TrackingUnavailable
+    from train.errors import RecordIncomplete, TrackingUnavailable
     from train.tracking.names import sanitize_key
 
     tracked = config["mlflow"]["enabled"]

@@ -20,7 +20,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from train.config import CONF_DIR, ConfigError, register_schema, to_container, validate
+from train.config import CONF_DIR, register_schema, to_container, validate
+from train.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
 

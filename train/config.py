@@ -17,15 +17,12 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from train.tracking.names import redact
+from train.errors import ConfigError
+from train.redact import redact
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_NAMES = ("yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x")
 DATASET_NAMES = ("synthetic", "coco128")
-
-
-class ConfigError(ValueError):
-    """A config value the recipe cannot run with; str() is one line naming the key."""
 
 
 @dataclass

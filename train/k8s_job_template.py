@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import yaml
 
-from train.config import ConfigError
+from train.errors import ConfigError
 
 DEFAULT_BACKEND_CONFIG = "k8s_backend_config.json"
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from train.cli import compose_config
-from train.config import MODEL_NAMES, ConfigError, to_container
+from train.config import MODEL_NAMES, to_container
+from train.errors import ConfigError
 from train.yolo import model_yaml, yolov5_package_dir
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import REPO
+from testbed.servers import REPO
 
 
 def _run(body: str, tmp_path: Path, *python_flags: str) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.config import ConfigError
+from train.errors import ConfigError
 from train.k8s_job_template import check
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from train.tracking.names import redact
+from train.redact import redact
 from train.tracking.run import one_line
 
 
@@ -25,3 +25,16 @@ def test_network_errors_shrink_to_their_cause():
     assert one_line(Exception(urllib3_error)) == "[Errno 111] Connection refused"
     assert one_line(Exception("first line\nsecond")) == "first line"
     assert one_line(ValueError()) == "ValueError"
+
+
+def test_secret_environment_values_are_redacted(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-s3-secret-123")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2hunter2")
+    monkeypatch.setenv("EPOCHS", "a-plain-value")  # not secret by name: stays
+    text = "key=canary-s3-secret-123 pw hunter2hunter2, a-plain-value"
+    assert redact(text) == "key=*** pw ***, a-plain-value"
+
+
+def test_short_secret_values_are_not_masked_everywhere(monkeypatch):
+    monkeypatch.setenv("SOME_TOKEN", "true")  # a flag, not a credential: masking 'true' would garble every log
+    assert redact("verbose=true") == "verbose=true"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from train.cli import compose_config
-from train.config import ConfigError, to_container
+from train.config import to_container
+from train.errors import ConfigError
 from train.tracking.resume import check_overrides, merged
 
 

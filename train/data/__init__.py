@@ -10,7 +10,7 @@ import yaml
 from omegaconf import DictConfig
 
 from train.data import coco128, synthetic
-from train.data.errors import DatasetError
+from train.errors import DatasetError
 from train.yolo import yolov5_package_dir
 
 __all__ = ["DatasetError", "prepare"]

@@ -12,7 +12,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from train.data.errors import DatasetError
+from train.errors import DatasetError
 
 IMAGE_COUNT = 128
 IMAGES = Path("images/train2017")

@@ -32,12 +32,3 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
         else:
             flat[sanitize_key(dotted)] = str(value)[:MAX_PARAM_VALUE_LENGTH]
     return flat
-
-
-# user:password@ in a URL (a tracking URI written with its credentials in it).
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s]+@")
-
-
-def redact(text: str) -> str:
-    """`text` with the credentials of any URL in it replaced, for everything that is logged or printed."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)

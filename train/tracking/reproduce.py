@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from train.config import ConfigError
+from train.errors import ConfigError
 from train.tracking import lineage
-from train.tracking.names import redact
+from train.redact import redact
 from train.tracking.resume import LOCAL_KEYS, check_overrides, merged, recorded_config
 
 # Besides this machine's keys, a reproduction names itself and says what it reproduces.

@@ -19,8 +19,8 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from train.config import ConfigError
-from train.tracking.names import redact
+from train.errors import ConfigError
+from train.redact import redact
 
 CHECKPOINT = "training-output/weights/last.pt"
 BEST = "training-output/weights/best.pt"

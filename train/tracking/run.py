@@ -23,8 +23,9 @@ from mlflow.entities import RunInfo, RunStatus
 from mlflow.environment_variables import (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_HTTP_REQUEST_MAX_RETRIES,
                                           MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
 
-from train.tracking.errors import RecordIncomplete, TrackingUnavailable
-from train.tracking.names import flatten, redact
+from train.errors import RecordIncomplete, TrackingUnavailable
+from train.tracking.names import flatten
+from train.redact import redact
 
 EMBEDDED_DB = "mlflow.db"
 

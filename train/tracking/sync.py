@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from train.tracking.errors import TrackingUnavailable
+from train.errors import TrackingUnavailable
 from train.tracking.run import check_reachable, one_line, upload_outputs
 from train.tracking.spool import PENDING_FILE, PendingRecord
 

@@ -1,2 +1,0 @@
-class DatasetError(Exception):
-    """A dataset that is missing, unreachable or malformed; str() is one line for the user."""
