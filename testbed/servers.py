@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -145,10 +146,33 @@ class ManagedTrackingServer:
             self._process = None
 
 
+NETGUARD = REPO / "testbed" / "netguard"  # sitecustomize.py: no connection outside loopback (see its docstring)
+NETGUARD_LOG_ENV = "YOLOV5_MLFLOW_NETGUARD_LOG"
+_netguard_log: Path | None = None
+
+
+def netguard_log() -> Path:
+    """The file where the network guard of this session's training processes writes each refused connection.
+
+    One per test session (or benchmark), made on first use: tests/conftest.py fails a test that leaves a line in it.
+    """
+    global _netguard_log
+    if _netguard_log is None:
+        fd, name = tempfile.mkstemp(prefix="yolov5-mlflow-netguard-", suffix=".log")
+        os.close(fd)
+        _netguard_log = Path(name)
+    return _netguard_log
+
+
 def client_env(**extra: str) -> Dict[str, str]:
-    """The environment of a training process: no S3 credentials (the server proxies artifacts)."""
+    """The environment of a training process: no S3 credentials (the server proxies artifacts), no network.
+
+    testbed/netguard/ comes first on PYTHONPATH: its sitecustomize refuses (and logs to netguard_log()) any
+    connection or name lookup beyond loopback, in this process and every Python process it starts.
+    """
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "AWS_")) and k not in ("HYDRA_FULL_ERROR",)}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), str(REPO)])
+    env[NETGUARD_LOG_ENV] = str(netguard_log())
     env.update(extra)
     return env

@@ -1,3 +1,4 @@
-from train.cli import exit_after, main
+from train.cli import main
+from train.exits import exit_after
 
 exit_after(main)

@@ -1,63 +1,36 @@
-"""`python -m train [overrides]`: refuse a bad config in one line, then hand over to Hydra.
+"""`python -m train [overrides]`: the command line to a composed, checked config, then Hydra; an exit code out.
 
-Hydra reports composition errors over many lines and exits 1, after nothing is created but
-also without naming the key plainly. So a single run is composed here first (Hydra's Compose
-API, same conf/ and overrides) and checked; only a config that passes reaches `hydra.main`.
-Multirun sweeps are checked per trial, inside the task function.
+A single run's config is composed and checked here first (train.compose), so bad input is refused in
+one line before Hydra starts and before any run exists; then Hydra runs the task (train.task), which
+returns an Outcome. A multirun's trials are checked inside the task, and its exit code is the sweep's
+(train.tracking.sweep); train.exits ends the process with it.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
 import sys
-import threading
 from pathlib import Path
-from typing import Callable, List, NoReturn, Sequence
+from typing import List, Optional, Sequence
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException
+import hydra
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from train.config import CONF_DIR, register_schema, to_container, validate
-from train.errors import ConfigError
+from train.config import CONF_DIR, register_schema
+from train.errors import EXIT_INTERRUPTED, EXIT_OK, Outcome, RecipeError
+from train.exits import refuse
 
-EXIT_BAD_INPUT = 2
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
+register_schema()
+_outcomes: List[Outcome] = []  # what this process's task calls returned (a single run, or in-process trials)
 
 
-def _describe(exc: Exception) -> str:
-    """One line naming the key at fault, from Hydra's and OmegaConf's multi-line errors."""
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
-        group, option = exc.missing_cfg_file.rsplit("/", 1)
-        choices = ", ".join(exc.options or [])
-        return f"{group}: no option {option!r} (choose one of: {choices})"
-    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return f"{cause.full_key}: {_first_line(getattr(cause, 'msg', '') or str(cause))}"
-    return _first_line(str(exc))
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float:
+    """Hydra's entry: the task's outcome is kept for the exit code; sweepers get the objective."""
+    from train.task import train_and_track
 
-
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """conf/ composed with `overrides` and checked; raises ConfigError with a one-line reason."""
-    register_schema()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides))
-        to_container(cfg)  # resolves every interpolation, so a bad one fails here and not mid-run
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_describe(exc)) from exc
-    validate(cfg)
-    return cfg
-
-
-def exit_bad_input(error: ConfigError) -> None:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+    outcome = train_and_track(cfg)
+    _outcomes.append(outcome)
+    return outcome.objective
 
 
 def _overrides(argv: Sequence[str]) -> List[str]:
@@ -69,7 +42,7 @@ def _is_single_run(argv: Sequence[str]) -> bool:
     return not any(a.startswith("-") for a in argv)
 
 
-def _kubernetes_backend_config(argv: Sequence[str]) -> Path | None:
+def _kubernetes_backend_config(argv: Sequence[str]) -> Optional[Path]:
     """The backend config a sweep on the Kubernetes launcher will use, if that is what argv asks for."""
     from train.k8s_job_template import DEFAULT_BACKEND_CONFIG
 
@@ -79,53 +52,38 @@ def _kubernetes_backend_config(argv: Sequence[str]) -> Path | None:
     return Path(given[-1] if given else DEFAULT_BACKEND_CONFIG)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def check_before_hydra(argv: Sequence[str]) -> None:
+    """Everything that can be refused before Hydra starts; raises a RecipeError."""
+    if _is_single_run(argv):
+        from train.compose import compose_config
+
+        compose_config(_overrides(argv))
+    backend_config = _kubernetes_backend_config(argv)
+    if backend_config:
+        from train.k8s_job_template import check
+
+        check(backend_config)  # before a parent run exists and before any image is built
+
+
+def run_hydra(argv: Sequence[str]) -> int:
+    """Hydra on `argv` (it reads sys.argv); the exit code of what ran."""
+    from train.tracking import sweep
+
+    sys.argv = [sys.argv[0], *argv]
+    _outcomes.clear()
+    sweep.last_sweep_outcome = None
+    hydra_main()
+    if sweep.last_sweep_outcome is not None:  # a multirun: the sweep's verdict over all its trials
+        return sweep.last_sweep_outcome.exit_code
+    return _outcomes[-1].exit_code if _outcomes else EXIT_OK  # --help, --cfg ...: nothing ran
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if _is_single_run(argv):
-            compose_config(_overrides(argv))
-        backend_config = _kubernetes_backend_config(argv)
-        if backend_config:
-            from train.k8s_job_template import check
-
-            check(backend_config)  # before a parent run exists and before any image is built
-    except ConfigError as error:
-        exit_bad_input(error)
-    from train.app import hydra_main  # heavy imports only once the config is known to be good
-
-    hydra_main()
-
-
-def _exit_code(code: object) -> int:
-    if code is None or isinstance(code, int):
-        return code or 0
-    print(code, file=sys.stderr)  # sys.exit("message"), as Python itself would print it
-    return 1
-
-
-def exit_after(entry_point: Callable[[], None]) -> NoReturn:
-    """Run `entry_point`, then end the process without Python's module teardown.
-
-    Freeing the modules torch, yolov5 and mlflow import takes 1.7-1.9 s on 2 cores (an interpreter that
-    imports them and exits, against one that calls os._exit), after the run's record is closed and every
-    file written. What a normal exit does that matters is kept: threading's exit hooks run and non-daemon
-    threads joined, atexit handlers run (logging's flush, temporary folders' finalizers, multiprocessing's
-    children), standard streams flushed. An exception other
-    than SystemExit (a crash) takes the normal path, traceback and all, and so does a process under a
-    profiler, tracer or debugger (cProfile, coverage, pdb), which writes its results at the normal exit.
-    """
-    if sys.getprofile() or sys.gettrace():
-        entry_point()
-        sys.exit(0)
-    try:
-        entry_point()
-        code = 0
-    except SystemExit as exit_:
-        code = _exit_code(exit_.code)
-    # What Python runs first at exit: threading's own exit hooks (concurrent.futures tells its idle workers to
-    # stop there; joining them without it would wait forever), then every non-daemon thread joined.
-    threading._shutdown()  # noqa: SLF001
-    atexit._run_exitfuncs()  # noqa: SLF001 - the same handlers Python would run next
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(code)
+        check_before_hydra(argv)
+        return run_hydra(argv)
+    except RecipeError as error:
+        return refuse(error)
+    except KeyboardInterrupt:  # a sweep interrupted between or inside trials
+        return EXIT_INTERRUPTED

@@ -44,3 +44,15 @@ class RecordIncomplete(RecipeError):
     """Training ended but the server never took all of its record; what is missing is kept locally."""
 
     exit_code = EXIT_TRACKING_UNAVAILABLE
+
+
+class Outcome:
+    """How one task ended: the exit code it asks for, and for sweepers the objective (NaN when it failed)."""
+
+    def __init__(self, exit_code: int, objective: float = float("nan"), run_id: str = "") -> None:
+        self.exit_code = exit_code
+        self.objective = objective
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"Outcome(exit_code={self.exit_code}, objective={self.objective}, run_id={self.run_id!r})"

@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import yaml
 
-from train.errors import ConfigError
+from train.errors import EXIT_OK, ConfigError
 
 DEFAULT_BACKEND_CONFIG = "k8s_backend_config.json"
 
@@ -59,15 +59,14 @@ def check(backend_config: Path) -> Dict[str, Any]:
     return backend
 
 
-def main() -> None:
+def main() -> int:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_BACKEND_CONFIG)
-    try:
-        check(path)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    check(path)
     print(f"{path}: backend config and Job template look right")
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    from train.exits import exit_after
+
+    exit_after(main)

@@ -17,7 +17,9 @@ import shlex
 import sys
 from typing import List, NoReturn, Sequence
 
-from train.cli import EXIT_BAD_INPUT, exit_after
+from train.cli import main as train_main
+from train.exits import exit_after
+from train.errors import ConfigError
 
 # MLproject parameter -> config key. An empty value leaves the config's default in place.
 PARAMETERS = {
@@ -33,8 +35,7 @@ PARAMETERS = {
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         declared = ", ".join([*PARAMETERS, "overrides", "sweep"])
-        print(f"error: MLproject parameters: {message} (declared: {declared})", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        raise ConfigError(f"MLproject parameters: {message} (declared: {declared})")
 
 
 def _number(value: str) -> str:
@@ -74,12 +75,8 @@ def to_overrides(argv: Sequence[str]) -> List[str]:
     return overrides + extra
 
 
-def main() -> None:
-    overrides = to_overrides(sys.argv[1:])
-    sys.argv = [sys.argv[0], *overrides]  # hydra.main reads sys.argv
-    from train.cli import main as train_main
-
-    train_main()
+def main() -> int:
+    return train_main(to_overrides(sys.argv[1:]))
 
 
 if __name__ == "__main__":

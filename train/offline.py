@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from train import quiet
+
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 
 
@@ -42,3 +44,4 @@ def apply(cache_dir: Path) -> None:
     for key, value in switches.items():
         os.environ.setdefault(key, value)
     _install_fonts(config_dir)
+    quiet.silence()  # the console's known noise (pkg_resources, ads, ...) filtered, before yolov5 is imported

@@ -46,3 +46,8 @@ def redact(text: str, secrets: Optional[Iterable[str]] = None) -> str:
 def redact_bytes(data: bytes) -> bytes:
     """`redact` for bytes that may not be UTF-8 (a log with binary noise): undecodable bytes pass through."""
     return redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+
+
+def without_credentials(url: str) -> str:
+    """`url` with no `user:password@` at all: to keep, where the login will come from the environment again."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>", url)

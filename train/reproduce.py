@@ -10,11 +10,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Sequence
+from typing import List, NoReturn, Sequence
 
-from train.cli import exit_after
 from train.cli import main as train_main
+from train.exits import exit_after
+from train.errors import EXIT_OK, ConfigError
 from train.mlproject import unquote
+
+PROG = "python -m train.reproduce"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{PROG}: {message} (usage: {PROG} <run id> [--allow-mismatch] [overrides])")
 
 
 def _print_differences(tracking_uri: str, original: str, reproduction: str) -> None:
@@ -32,12 +40,12 @@ def _print_differences(tracking_uri: str, original: str, reproduction: str) -> N
           f"{'identical at every epoch' if identical else 'differs somewhere (see above)'}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.reproduce", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("run_id", help="the MLflow run to train again")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="train even when today's code or data differ from the run's")
-    parser.add_argument("overrides", nargs="*", help="this machine's keys only, e.g. train.device=0")
+    parser.add_argument("overrides", nargs="*", default=[], help="this machine's keys only, e.g. train.device=0")
     argv = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("TRAIN_ARGS_SHELL_QUOTED") == "true":  # MLflow's Kubernetes backend quoted each one
         argv = unquote(argv)
@@ -45,13 +53,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_argv: List[str] = [f"reproduce.run_id={args.run_id}", *args.overrides]
     if args.allow_mismatch:
         train_argv.append("reproduce.allow_mismatch=true")
-    sys.argv = [sys.argv[0], *train_argv]  # Hydra reads its overrides from sys.argv
-    train_main(train_argv)
+    code = train_main(train_argv)
+    if code != EXIT_OK:
+        return code
 
     import mlflow
 
     run = mlflow.last_active_run()
     _print_differences(mlflow.get_tracking_uri(), args.run_id, run.info.run_id)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import yaml
 from hydra.core.config_store import ConfigStore
@@ -74,8 +74,9 @@ class KubernetesLauncher(Launcher):
     def _pushed_image(self, parent_run_id: str) -> tuple:
         if self._image is None:
             from mlflow.projects import kubernetes as kb
-            from mlflow.projects._project_spec import load_project
             from mlflow.projects.docker import build_docker_image
+
+            from train.tracking.mlflow_internals import load_project
 
             project = load_project(self.project_dir)
             import mlflow
@@ -88,21 +89,26 @@ class KubernetesLauncher(Launcher):
         return self._image
 
     def _job(self, trial: _Trial, parent_run_id: str) -> Dict[str, Any]:
-        from mlflow.projects import kubernetes as kb
+        from train.redact import redact, without_credentials
+        from train.tracking.mlflow_internals import kubernetes_job_definition
 
         project_name, tag, digest = self._pushed_image(parent_run_id)
         template = yaml.safe_load(Path(self.backend_config["kube-job-template-path"]).read_text())
-        env = {"MLFLOW_TRACKING_URI": self._tracking_uri(), PARENT_RUN_ENV: parent_run_id, TRIAL_ENV: str(trial.index)}
+        # A login in the tracking URI never goes into a Job in clear text: the pods take theirs from the
+        # mlflow-tracking-credentials Secret, which the Job template references (deploy/auth/).
+        env = {"MLFLOW_TRACKING_URI": without_credentials(self._tracking_uri()), PARENT_RUN_ENV: parent_run_id,
+               TRIAL_ENV: str(trial.index)}
         # A plain argv: unlike `mlflow run`, nothing here is shell-quoted.
-        command = ["python", "-m", "train", *trial.overrides]
-        return kb._get_kubernetes_job_definition(project_name, tag, digest, command, env, copy.deepcopy(template))
+        command = ["python", "-m", "train", *(redact(without_credentials(o)) for o in trial.overrides)]
+        return kubernetes_job_definition(project_name, tag, digest, command, env, copy.deepcopy(template))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import kubernetes
-        from mlflow.projects.kubernetes import _load_kube_context
+
+        from train.tracking.mlflow_internals import load_kube_context
 
         parent_run_id = os.environ[PARENT_RUN_ENV]
-        _load_kube_context(context=self.backend_config.get("kube-context"))
+        load_kube_context(self.backend_config.get("kube-context"))
         api = kubernetes.client.BatchV1Api()
         trials = [_Trial(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         pending, running = list(trials), []

@@ -41,7 +41,7 @@ def train(*args: str) -> Tuple[str, ...]:
 
 def mlproject(**params: str) -> Tuple[str, ...]:
     """What `mlflow run . -P k=v` runs in the container, from MLproject's own command template."""
-    from mlflow.projects._project_spec import load_project
+    from train.tracking.mlflow_internals import load_project
     import shlex
 
     argv = shlex.split(load_project(str(REPO)).get_entry_point("main").compute_command(params, storage_dir="/tmp"))

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
-from train.cli import compose_config
+from train.compose import compose_config
 from train.config import MODEL_NAMES, to_container
 from train.errors import ConfigError
 from train.yolo import model_yaml, yolov5_package_dir
@@ -29,8 +30,29 @@ def test_defaults_are_the_offline_quickstart():
     assert c["model"]["weights"] == ""
     assert c["train"]["imgsz"] == c["data"]["imgsz"] == 128
     assert c["mlflow"]["tracking_uri"] is None
-    assert c["mlflow"]["experiment_name"] == "yolov5-coco128-demo"
-    assert c["mlflow"]["run_name"].startswith("yolov5-coco128-") and c["mlflow"]["run_name"].endswith("Z")
+    assert c["mlflow"]["experiment_name"] == "yolov5-synthetic-demo"
+    assert c["mlflow"]["run_name"].startswith("yolov5n-synthetic-") and c["mlflow"]["run_name"].endswith("Z")
+
+
+def test_names_say_what_the_run_is():
+    c = composed("data=coco128", "model=yolov5s")
+    assert c["mlflow"]["experiment_name"] == "yolov5-coco128-demo"  # the seed's name, kept for coco128
+    assert c["mlflow"]["run_name"].startswith("yolov5s-coco128-")
+
+
+def test_every_key_gets_its_value_from_conf_not_the_schema():
+    """The schema only types: a key conf/ forgot fails composition (MISSING) instead of taking a hidden default."""
+    from train.config import Config
+
+    assert not OmegaConf.missing_keys(compose_config([]))
+    bare = OmegaConf.missing_keys(OmegaConf.structured(Config))
+    assert {"train.epochs", "train.imgsz", "mlflow.run_name", "sweep.objective", "reproduce.run_id"} <= bare
+
+
+def test_debug_tiny_is_small_everywhere_it_matters():
+    c = composed("debug=tiny")
+    assert (c["train"]["imgsz"], c["train"]["batch"], c["train"]["workers"]) == (64, 8, 0)
+    assert (c["data"]["synthetic"]["train_images"], c["data"]["synthetic"]["val_images"]) == (32, 16)
 
 
 def test_public_keys_override():
@@ -86,9 +108,34 @@ def test_hyp_presets_match_the_yolov5_package(preset):
     (["train.imgsz=${data.nope}"], "train.imgsz:"),
     (["data.synthetic.train_images=0"], "data.synthetic.train_images: must be >= 1"),
     (["model.cfg=yolov9.yaml"], "model.cfg: no such model yaml: yolov9.yaml"),
+    # Hydra's own hints stay in the one line.
+    (["mlflow.tags.owner=alice"], "mlflow.tags.owner: no such key; to add it, use +mlflow.tags.owner=alice"),
+    (["hyp.lr0=0.01,0.001"], "hyp.lr0=0.01,0.001: several values: add --multirun (-m) to sweep over them"),
+    (["train.epoch=5"], "train.epoch: no such key (did you mean train.epochs?)"),
+    (["data.synthetic.train_imags=3"], "data.synthetic.train_imags: no such key (did you mean "
+                                       "data.synthetic.train_images?)"),
+    (["train.nope=1"], "train.nope: no such key"),
+    (["+train.epochs=3"], "train.epochs: already in the config: drop the '+' (train.epochs=3)"),
+    (["train.device=gpu"], "train.device: must be ''"),
 ])
 def test_bad_values_raise_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         compose_config(overrides)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: device 0 exists")
+def test_a_gpu_this_machine_lacks_is_bad_input_before_any_run():
+    with pytest.raises(ConfigError, match=r"^train.device: '0' asks for CUDA device 0, but this machine has no CUDA"):
+        compose_config(["train.device=0"])
+    with pytest.raises(ConfigError, match=r"^train.device: 'cuda:3' asks for CUDA device 3"):
+        compose_config(["train.device=cuda:3"])
+    compose_config(["train.device=cpu"])  # and '' picks the CPU here
+
+
+def test_device_indices_are_read_as_yolov5_reads_them():
+    from train.checks import cuda_indices
+
+    assert cuda_indices("0,1") == [0, 1] and cuda_indices("cuda:2") == [2]
+    assert cuda_indices("cpu") == cuda_indices("") == cuda_indices("mps") == []

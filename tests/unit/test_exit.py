@@ -1,4 +1,4 @@
-"""`python -m train` ends without Python's module teardown (train.cli.exit_after), and loses nothing by it.
+"""`python -m train` ends without Python's module teardown (train.exits.exit_after), and loses nothing by it.
 
 Each case is a fresh interpreter, since the point is how a process ends.
 """
@@ -18,7 +18,7 @@ from testbed.servers import REPO
 def _run(body: str, tmp_path: Path, *python_flags: str) -> subprocess.CompletedProcess:
     script = tmp_path / "entry.py"
     script.write_text("import atexit, sys, threading, time\nfrom pathlib import Path\n"
-                      f"from train.cli import exit_after\nOUT = Path({str(tmp_path)!r})\n\n"
+                      f"from train.exits import exit_after\nOUT = Path({str(tmp_path)!r})\n\n"
                       f"def entry():\n{textwrap.indent(textwrap.dedent(body).strip(), '    ')}\n\n"
                       "exit_after(entry)\n")
     return subprocess.run([sys.executable, *python_flags, str(script)], cwd=REPO, capture_output=True, text=True,
@@ -74,7 +74,7 @@ def test_a_crash_takes_the_normal_path(tmp_path):
 def test_a_profiled_process_exits_normally_so_the_profile_is_written(tmp_path):
     profile = tmp_path / "profile.out"
     script = tmp_path / "entry.py"
-    script.write_text("from train.cli import exit_after\nexit_after(lambda: None)\n")
+    script.write_text("from train.exits import exit_after\nexit_after(lambda: None)\n")
     proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), str(script)], cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=60)
     assert proc.returncode == 0

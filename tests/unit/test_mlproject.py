@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.projects._project_spec import load_project
+from train.tracking.mlflow_internals import load_project
 
-from train.cli import compose_config
+from train.compose import compose_config
 from train.config import to_container
 from train.mlproject import to_overrides
 
@@ -44,6 +44,20 @@ def test_defaults_leave_the_config_defaults():
     c = to_container(compose_config(to_overrides(command()[3:])))
     assert c["train"]["imgsz"] == 128 and c["train"]["device"] == "" and c["train"]["epochs"] == 20
     assert "train.epochs=20.0" not in to_overrides(command(epochs="20.0")[3:])
+
+
+def test_mlproject_defaults_are_the_configs():
+    """MLproject repeats conf/'s defaults (MLflow logs them as the run's params): they must not drift."""
+    from train.mlproject import PARAMETERS
+
+    config = to_container(compose_config([]))
+    for name, key in PARAMETERS.items():
+        default = ENTRY.parameters[name].default
+        if default in ("", None):
+            continue  # blank: the config's default applies
+        value = config[key] if "." not in key else config[key.split(".")[0]][key.split(".")[1]]
+        value = value["name"] if isinstance(value, dict) else value
+        assert str(value) == str(default).removesuffix(".0"), f"MLproject's {name} default {default} != {key}={value}"
 
 
 def _run(argv: list) -> subprocess.CompletedProcess:

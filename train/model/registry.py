@@ -28,7 +28,7 @@ from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, OUTPUT_D
 TRAIN_PACKAGE = Path(__file__).resolve().parent.parent
 # What a serving process imports from this project: unpickling YoloDetector and its load_context. The rest
 # of `train` (Hydra, training, tracking) never runs there, and each file is one more upload per logged model.
-MODEL_CODE = ("__init__.py", "offline.py", "model/__init__.py", "model/detector.py")
+MODEL_CODE = ("__init__.py", "offline.py", "quiet.py", "model/__init__.py", "model/detector.py")
 REQUIREMENTS_TXT = TRAIN_PACKAGE.parent / "requirements.txt"
 # What loading and predicting import; the rest of requirements.txt (Hydra, Optuna, Docker, ...) only trains.
 SERVING_PACKAGES = ("yolov5", "torch", "torchvision", "mlflow", "pandas", "numpy", "pillow", "setuptools")

@@ -17,9 +17,12 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 import yaml
+
+if TYPE_CHECKING:
+    from train.tracking.record import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 DIGEST_LENGTH = 16  # hex characters, as MLflow's own dataset digests
@@ -141,19 +144,19 @@ def installed_packages() -> str:
     return "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
 
 
-def record(config: Mapping[str, Any], data_yaml: Path) -> None:
-    """Tags, dataset inputs and artifacts of the active run."""
-    import mlflow
+def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path) -> None:
+    """Tags, dataset inputs and artifacts of the active run (`run`)."""
+    from train.redact import redact
 
     code = code_version()
-    mlflow.set_tags({**(code.tags() if code else {}), **environment_tags()})
+    run.set_tags({**(code.tags() if code else {}), **environment_tags()})
     if code and code.dirty:
-        mlflow.log_text(code.diff, "code/git-diff.patch")
+        run.log_text(code.diff, "code/git-diff.patch")
     data = config["data"]
     local = str(yaml.safe_load(data_yaml.read_text())["path"])
     source = data["download_url"] if data["name"] == "coco128" and data["root"] is None else local
-    log_datasets(data["name"], source, dataset_digests(data_yaml))
-    mlflow.log_text(installed_packages(), "environment/installed.txt")
+    log_datasets(data["name"], redact(source), dataset_digests(data_yaml))
+    run.log_text(installed_packages(), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():
-        mlflow.log_artifact(str(lock), "environment")
+        run.log_file(lock, "environment")

@@ -29,12 +29,13 @@ class Reproduction:
     config: Dict[str, Any]
     digests: Dict[str, str]  # context -> the original's dataset digest
     allow_mismatch: bool
+    run_name: str  # the new run's: reproduce-<the original's name>
 
 
 def _refuse_unless(allowed: bool, message: str) -> None:
     if not allowed:
-        raise ConfigError(f"{message} (reproduce.allow_mismatch=true to train anyway)")
-    print(f"warning: {message}; training anyway (reproduce.allow_mismatch=true)")
+        raise ConfigError(f"{message} (python -m train.reproduce --allow-mismatch to train anyway)")
+    print(f"warning: {message}; training anyway (--allow-mismatch)")
 
 
 def _check_code(client: MlflowClient, run, allowed: bool) -> None:
@@ -52,8 +53,8 @@ def _check_code(client: MlflowClient, run, allowed: bool) -> None:
     if tags.get("git.dirty") == "true":
         recorded_diff = Path(client.download_artifacts(run.info.run_id, "code/git-diff.patch")).read_text()
     if now.diff != recorded_diff:
-        _refuse_unless(allowed, f"code: this checkout's uncommitted changes differ from the run's "
-                                f"(its diff is the artifact code/git-diff.patch)")
+        where = "its diff is the artifact code/git-diff.patch" if recorded_diff else "it was trained from a clean tree"
+        _refuse_unless(allowed, f"code: this checkout's uncommitted changes differ from the run's ({where})")
 
 
 def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str]) -> Reproduction:
@@ -68,7 +69,8 @@ def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str])
     _check_code(client, run, allowed)
     digests = {tag.value: item.dataset.digest for item in run.inputs.dataset_inputs for tag in item.tags
                if tag.key == "mlflow.data.context"}
-    return Reproduction(run_id, merged(config, recorded_config(client, run_id), overrides, KEEP), digests, allowed)
+    return Reproduction(run_id, merged(config, recorded_config(client, run_id), overrides, KEEP), digests, allowed,
+                        f"reproduce-{run.info.run_name}")
 
 
 def check_data(reproduction: Reproduction, data_yaml: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +23,11 @@ from mlflow.environment_variables import (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, 
                                           MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
 
 from train.errors import RecordIncomplete, TrackingUnavailable
-from train.tracking.names import flatten
 from train.redact import redact
+from train.tracking.mlflow_internals import forget_active_run
+from train.tracking.names import flatten
+from train.tracking.record import RunRecord, clean_tags, create_run
+from train.tracking.resume import RECORDED_CONFIG
 
 EMBEDDED_DB = "mlflow.db"
 
@@ -87,13 +89,13 @@ def check_reachable(tracking_uri: str, timeout_s: float) -> None:
             time.sleep(1)
 
 
-def check_artifacts_writable(run_id: str, config: Mapping[str, Any], timeout_s: float) -> None:
+def check_artifacts_writable(record: RunRecord, config: Mapping[str, Any], timeout_s: float) -> None:
     """The run's first artifact, the resolved config, written within `timeout_s` or TrackingUnavailable."""
     try:
         with fail_fast_requests(timeout_s):
-            mlflow.log_dict(dict(config), "config/config.yaml", run_id=run_id)
+            record.log_yaml(config, RECORDED_CONFIG)
     except Exception as error:  # noqa: BLE001 - boto3, requests and MLflow each raise their own
-        uri = mlflow.get_run(run_id).info.artifact_uri
+        uri = record.client.get_run(record.run_id).info.artifact_uri
         where = " (the tracking server proxies them: check its artifact store)" if uri.startswith(
             "mlflow-artifacts:") else ""
         raise TrackingUnavailable(f"artifact store: cannot write the run's artifacts to {redact(uri)}{where} "
@@ -140,15 +142,6 @@ def end_status(error: Optional[BaseException]) -> str:
     return RunStatus.to_string(RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED)
 
 
-def _forget_active_run() -> None:
-    # The server is unreachable, so mlflow.end_run would spend minutes retrying set_terminated. Dropping
-    # the run from MLflow's stack of active runs (private, pinned MLflow) ends it here and nowhere else.
-    from mlflow.tracking.fluent import _active_run_stack
-
-    _active_run_stack.get().clear()
-    os.environ.pop("MLFLOW_RUN_ID", None)
-
-
 @contextmanager
 def active_run(tracking_uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str],
                run_id: Optional[str] = None) -> Iterator[mlflow.ActiveRun]:
@@ -156,32 +149,30 @@ def active_run(tracking_uri: str, experiment_name: str, run_name: str, tags: Map
     mlflow.set_tracking_uri(tracking_uri)
     if not run_id:
         mlflow.set_experiment(experiment_id=experiment_id_for(mlflow.MlflowClient(), experiment_name, tags))
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags))
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else redact(run_name), tags=clean_tags(tags))
     try:
         yield run
     except RecordIncomplete:
-        _forget_active_run()
+        # The server is unreachable, so mlflow.end_run would spend minutes retrying set_terminated.
+        forget_active_run()
         raise
     except BaseException as error:
         if isinstance(error, Exception):
-            mlflow.set_tag("error", f"{type(error).__name__}: {one_line(error)}")
+            RunRecord(MlflowClient(), run.info.run_id).set_tags({"error": f"{type(error).__name__}: {one_line(error)}"})
         mlflow.end_run(end_status(error))
         raise
     mlflow.end_run(end_status(None))
 
 
-def upload_outputs(client: MlflowClient, run_id: str, out_dir: Path, save_dir: Path, log_path: Path) -> None:
-    """The console log, every YOLOv5 output, and Hydra's record of the job (credentials in URLs redacted)."""
+def upload_outputs(record: RunRecord, out_dir: Path, save_dir: Path, log_path: Path) -> None:
+    """The console log, every YOLOv5 output, and Hydra's record of the job."""
     if log_path.is_file():
-        client.log_artifact(run_id, str(log_path), "logs")
+        record.log_file(log_path, "logs")
     if save_dir.is_dir():
-        client.log_artifacts(run_id, str(save_dir), "training-output")
+        record.log_folder(save_dir, "training-output")
     hydra_dir = out_dir / ".hydra"
     if hydra_dir.is_dir():
-        with tempfile.TemporaryDirectory() as tmp:
-            for source in hydra_dir.iterdir():
-                (Path(tmp) / source.name).write_text(redact(source.read_text()))
-            client.log_artifacts(run_id, tmp, "config/hydra")
+        record.log_folder(hydra_dir, "config/hydra")
 
 
 def run_url(tracking_uri: str, info: RunInfo) -> str:
@@ -193,5 +184,28 @@ def run_url(tracking_uri: str, info: RunInfo) -> str:
 def record_refused_run(tracking_uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str]) -> None:
     """A FAILED run that only says why it never started (a sweep trial refused for bad input)."""
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(experiment_id_for(client, experiment_name, tags), run_name=run_name, tags=dict(tags))
+    run = create_run(client, experiment_id_for(client, experiment_name, tags), run_name, tags)
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def ui_command(tracking_uri: str) -> str:
+    """A command that opens the UI over a local store, as printed: it works without an activated venv."""
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent / "mlflow"
+    mlflow_cli = "mlflow" if shutil.which("mlflow") == str(here) else str(here)
+    project = Path(__file__).resolve().parents[2]
+    if tracking_uri == embedded_tracking_uri(project) and Path.cwd().resolve() == project:
+        return "make ui"
+    return f"{mlflow_cli} ui --backend-store-uri {tracking_uri} --port 5000"
+
+
+def print_where_to_look(tracking_uri: str, run_id: str, status: str) -> None:
+    """The run's end state and its link; with a local store, the command that serves that link."""
+    if not run_id:
+        return
+    info = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info
+    print(f"MLflow run {run_id} ended {status}: {run_url(tracking_uri, info)}")
+    if tracking_uri.startswith("sqlite:"):
+        print(f"Open it with: {ui_command(tracking_uri)}")

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from train.tracking.record import RunRecord
+
 PENDING_FILE = "tracking-pending.json"
 _RETRY_WAIT_S = (1, 2, 5, 10)  # then every 10 s
 
@@ -101,7 +103,8 @@ class MetricSpool:
             attempt = 0
             while True:
                 try:
-                    self._client.log_batch(self._run_id, [m for points in batch for m in points.as_metrics()])
+                    RunRecord(self._client, self._run_id).log_metrics(
+                        [m for points in batch for m in points.as_metrics()])
                     break
                 except Exception as exc:  # noqa: BLE001 - an outage of any kind: keep the points and retry
                     self.failures += 1

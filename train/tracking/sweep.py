@@ -10,17 +10,20 @@ that is FINISHED only if every trial finished.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import sys
-import tempfile
-from pathlib import Path
+import time
 from typing import Any, Dict, List, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from train.errors import EXIT_OK, EXIT_TRAINING_FAILED, Outcome
+
 PARENT_RUN_ENV = "YOLOV5_MLFLOW_PARENT_RUN_ID"
+# How the last multirun of this process ended (exit code 1 when any trial did not finish): train.cli's exit code.
+last_sweep_outcome: Optional[Outcome] = None
 # A trial's number where Hydra's job.num cannot say it: in a pod of the kubernetes launcher, each a single run.
 TRIAL_ENV = "YOLOV5_MLFLOW_SWEEP_TRIAL"
 TRIAL_COLUMNS = ["trial", "run_id", "run_name", "status", "overrides", "objective", "error"]
@@ -60,6 +63,7 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: Optional[str] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from train.tracking.record import RunRecord, create_run
         from train.tracking.run import experiment_id_for
 
         client = _client(config)
@@ -79,47 +83,54 @@ class MlflowSweepCallback(Callback):
         project_run = os.environ.pop("MLFLOW_RUN_ID", None)
         if project_run:
             self.parent_run_id = project_run
-            for key, value in tags.items():
-                client.set_tag(project_run, key, value)
+            RunRecord(client, project_run).set_tags(tags)
         else:
-            run = client.create_run(experiment_id, run_name=f"{config.mlflow.run_name}-sweep", tags=tags)
+            run = create_run(client, experiment_id, f"{config.mlflow.run_name}-sweep", tags)
             self.parent_run_id = run.info.run_id
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         print(f"MLflow sweep run {self.parent_run_id} in experiment {experiment_id}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global last_sweep_outcome
+        from train.tracking.record import RunRecord
+        from train.tracking.run import run_url
+
         if self.parent_run_id is None:
             return
         client = _client(config)
+        record = RunRecord(client, self.parent_run_id)
         parent = client.get_run(self.parent_run_id)
         children = client.search_runs([parent.info.experiment_id], max_results=10000,
                                       filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'")
         rows = sorted((_trial_row(run, config.sweep.objective) for run in children), key=lambda r: r["trial"])
-        self._log_table(client, rows)
+        record.log_text(_table(rows), "sweep/trials.csv")
         best = _best(rows, maximize=config.sweep.direction == "maximize")
         if best is not None:
+            from mlflow.entities import Metric
+
             from train.tracking.names import sanitize_key
 
-            client.set_tag(self.parent_run_id, "best_run_id", best["run_id"])
-            client.set_tag(self.parent_run_id, "best_trial", str(best["trial"]))
-            client.log_metric(self.parent_run_id, sanitize_key(f"best/{config.sweep.objective}"), best["objective"])
+            record.set_tags({"best_run_id": best["run_id"], "best_trial": str(best["trial"])})
+            record.log_metrics([Metric(sanitize_key(f"best/{config.sweep.objective}"), best["objective"],
+                                       int(time.time() * 1000), 0)])
         failed = [r for r in rows if r["status"] != "FINISHED"]
         if failed:
-            client.set_tag(self.parent_run_id, "failed_trials",
-                           ", ".join(f"{r['trial']} ({r['run_name']}: {r['status']})" for r in failed))
+            record.set_tags({"failed_trials": ", ".join(f"{r['trial']} ({r['run_name']}: {r['status']})"
+                                                        for r in failed)})
         status = "FAILED" if failed or not rows else "FINISHED"
-        client.set_terminated(self.parent_run_id, status)
+        record.set_terminated(status)
+        url = run_url(client.tracking_uri, client.get_run(self.parent_run_id).info)
         print(f"MLflow sweep run {self.parent_run_id} ended {status}: {len(rows)} trials, {len(failed)} failed"
-              + (f", best trial {best['trial']} ({config.sweep.objective}={best['objective']:.4f})" if best else ""))
+              + (f", best trial {best['trial']} ({config.sweep.objective}={best['objective']:.4f})" if best else "")
+              + f": {url}")
         os.environ.pop(PARENT_RUN_ENV, None)
-        if status == "FAILED":
-            sys.exit(1)
+        last_sweep_outcome = Outcome(EXIT_TRAINING_FAILED if status == "FAILED" else EXIT_OK,
+                                     objective=best["objective"] if best else math.nan, run_id=self.parent_run_id)
 
-    def _log_table(self, client, rows: List[Dict[str, Any]]) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            table = Path(tmp) / "trials.csv"
-            with open(table, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-            client.log_artifact(self.parent_run_id, str(table), "sweep")
+
+def _table(rows: List[Dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -1,0 +1,122 @@
+"""The rules on a composed config that types alone cannot express: ranges, files, consistency, devices.
+
+Each failed rule raises ConfigError with one line naming the key, before any run exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import List
+
+from omegaconf import DictConfig
+
+from train.errors import ConfigError
+from train.redact import redact
+
+DATASET_NAMES = ("synthetic", "coco128")
+_DEVICE = re.compile(r"^(|cpu|mps|\d+(,\d+)*|cuda:\d+)$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# The stores MLflow can track to ('' = a local path); a typo would otherwise surface as a stack trace mid-start.
+_TRACKING_SCHEMES = ("", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and consistency rules on a composed (already type-checked) config."""
+    t = cfg.train
+    _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    _check(t.batch >= 1, "train.batch", f"must be >= 1, got {t.batch}")
+    _check(t.imgsz >= 32 and t.imgsz % 32 == 0, "train.imgsz",
+           f"must be a positive multiple of 32 (the model's largest stride), got {t.imgsz}")
+    _check(t.workers >= 0, "train.workers", f"must be >= 0, got {t.workers}")
+    _check(t.patience >= 0, "train.patience", f"must be >= 0, got {t.patience}")
+    _check(bool(_DEVICE.match(t.device)), "train.device",
+           f"must be '', 'cpu', 'mps' or CUDA indices like '0' or '0,1', got {t.device!r}")
+    _check(t.optimizer in ("SGD", "Adam", "AdamW"), "train.optimizer",
+           f"must be SGD, Adam or AdamW, got {t.optimizer!r}")
+    check_devices(t.device)
+    _check(t.cache in (None, "ram", "disk"), "train.cache", f"must be null, ram or disk, got {t.cache!r}")
+    _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
+
+    _check(cfg.hyp.lr0 > 0, "hyp.lr0", f"must be > 0, got {cfg.hyp.lr0}")
+    for key in ("fliplr", "flipud", "mosaic", "mixup", "copy_paste"):
+        value = cfg.hyp[key]
+        _check(0.0 <= value <= 1.0, f"hyp.{key}", f"is a probability, must be in [0, 1], got {value}")
+
+    from train.yolo import model_yaml
+
+    _check(model_yaml(cfg.model.cfg).is_file(), "model.cfg",
+           f"no such model yaml: {cfg.model.cfg} (a name from yolov5/models/ or an absolute path)")
+    weights = cfg.model.weights
+    if weights:
+        # YOLOv5 looks any relative name up on the Hugging Face hub and GitHub first: never offline-safe.
+        _check(Path(weights).is_absolute(), "model.weights",
+               f"must be '' (train from scratch) or an absolute path to a local .pt file, got {weights!r}")
+        _check(Path(weights).is_file(), "model.weights", f"no such file: {weights}")
+        _check(os.access(weights, os.R_OK), "model.weights", f"not readable by this user: {weights}")
+        with open(weights, "rb") as f:
+            magic = f.read(4)
+        _check(magic == b"PK\x03\x04" or magic[:1] == b"\x80", "model.weights",
+               f"not a PyTorch checkpoint (neither torch.save's zip nor a pickle): {weights}")
+
+    d = cfg.data
+    _check(d.name in DATASET_NAMES, "data.name", f"must be one of {', '.join(DATASET_NAMES)}, got {d.name!r}")
+    if d.root is not None:
+        _check(Path(d.root).is_dir(), "data.root", f"no such folder: {d.root}")
+    if d.synthetic is not None:
+        s = d.synthetic
+        _check(s.train_images >= 1, "data.synthetic.train_images", f"must be >= 1, got {s.train_images}")
+        _check(s.val_images >= 1, "data.synthetic.val_images", f"must be >= 1, got {s.val_images}")
+        _check(s.image_size >= 32, "data.synthetic.image_size", f"must be >= 32, got {s.image_size}")
+
+    _check(t.resume is None or bool(_RUN_ID.match(t.resume)), "train.resume",
+           f"must be an MLflow run id (32 hexadecimal characters), got {t.resume!r}")
+    _check(cfg.reproduce.run_id is None or bool(_RUN_ID.match(cfg.reproduce.run_id)), "reproduce.run_id",
+           f"must be an MLflow run id (32 hexadecimal characters), got {cfg.reproduce.run_id!r}")
+    _check(not (t.resume and cfg.reproduce.run_id), "train.resume",
+           "continues a run, reproduce.run_id trains a new one: give one of them")
+    m = cfg.mlflow
+    _check(not m.registered_model_name or m.log_model, "mlflow.registered_model_name",
+           "needs mlflow.log_model=true (only a logged model can be registered)")
+    _check(m.startup_timeout_s > 0, "mlflow.startup_timeout_s", f"must be > 0, got {m.startup_timeout_s}")
+    _check(m.delivery_timeout_s >= 0, "mlflow.delivery_timeout_s", f"must be >= 0, got {m.delivery_timeout_s}")
+    if m.tracking_uri:
+        scheme = m.tracking_uri.split(":", 1)[0].split("+", 1)[0] if ":" in m.tracking_uri else ""
+        _check(scheme in _TRACKING_SCHEMES, "mlflow.tracking_uri",
+               f"unsupported scheme {scheme!r} in {redact(m.tracking_uri)!r} (use one of: "
+               f"{', '.join(s for s in _TRACKING_SCHEMES if s)}, or a local path)")
+
+    _check(cfg.sweep.direction in ("maximize", "minimize"), "sweep.direction",
+           f"must be maximize or minimize, got {cfg.sweep.direction!r}")
+    _check(cfg.sweep.n_jobs >= 1, "sweep.n_jobs", f"must be >= 1, got {cfg.sweep.n_jobs}")
+    _check(bool(cfg.mlflow.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
+    _check(bool(cfg.mlflow.run_name.strip()), "mlflow.run_name", "must not be empty")
+
+
+def cuda_indices(device: str) -> List[int]:
+    """The CUDA device indices a YOLOv5 device string names ('0,1' -> [0, 1]; 'cuda:1' -> [1]; 'cpu' -> [])."""
+    if device.startswith("cuda:"):
+        return [int(device.split(":", 1)[1])]
+    return [int(i) for i in device.split(",")] if device and device[0].isdigit() else []
+
+
+def check_devices(device: str) -> None:
+    """Every CUDA device asked for exists here: otherwise YOLOv5 would fail only after a run was created."""
+    wanted = cuda_indices(device)
+    if not wanted:
+        return
+    import torch  # only when a GPU is named: a CPU run's check stays free of torch's import
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [i for i in wanted if i >= count]
+    if not missing:
+        return
+    present = "no CUDA GPU" if count == 0 else f"{count} CUDA GPU{'s' if count > 1 else ''} (0-{count - 1})"
+    raise ConfigError(f"train.device: {device!r} asks for CUDA device {missing[0]}, but this machine has {present} "
+                      f"(train.device=cpu, or '' for cuda:0 when there is one)")

@@ -1,0 +1,100 @@
+"""The one writer of a run's record: every name, value and artifact byte passes `redact` on its way.
+
+Params, tags, metric keys, run names and text artifacts are redacted here, so no code path can log a
+credential by forgetting to: the code elsewhere calls these functions, never MlflowClient's writers.
+Binary artifacts (checkpoints, images) are uploaded as they are: masking bytes inside a zip or a
+pickle would corrupt it, and none of them holds a URL or an environment value.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from train.redact import redact, redact_bytes
+
+_BATCH_LIMIT = 100  # MLflow's log_batch takes at most 100 params or tags per request
+
+
+def clean_tags(tags: Mapping[str, Any]) -> Dict[str, str]:
+    return {redact(str(key)): redact(str(value)) for key, value in tags.items()}
+
+
+class RunRecord:
+    """Writes to one run through `client`; what it writes is redacted first."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, v) for k, v in clean_tags(tags).items()]
+        for i in range(0, len(items), _BATCH_LIMIT):
+            self.client.log_batch(self.run_id, tags=items[i:i + _BATCH_LIMIT])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, v) for k, v in clean_tags(params).items()]
+        for i in range(0, len(items), _BATCH_LIMIT):
+            self.client.log_batch(self.run_id, params=items[i:i + _BATCH_LIMIT])
+
+    def log_metrics(self, metrics: Iterable[Metric]) -> None:
+        self.client.log_batch(self.run_id, metrics=[Metric(redact(m.key), m.value, m.timestamp, m.step)
+                                                    for m in metrics])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, redact(text), artifact_file)
+
+    def log_yaml(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.log_text(yaml.safe_dump(dict(data), sort_keys=False), artifact_file)
+
+    def log_file(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.client.log_artifact(self.run_id, str(_redacted_copy(path, Path(tmp))), artifact_path)
+
+    def log_folder(self, folder: Path, artifact_path: Optional[str] = None) -> None:
+        """Every file under `folder`: unchanged files hard-linked (no copy), text with a secret in it masked."""
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-upload-") as tmp:
+            staged = Path(tmp) / folder.name
+            for source in sorted(p for p in folder.rglob("*") if p.is_file()):
+                _redacted_copy(source, staged / source.relative_to(folder).parent)
+            if staged.is_dir():
+                self.client.log_artifacts(self.run_id, str(staged), artifact_path)
+
+    def set_terminated(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def _redacted_copy(source: Path, into: Path) -> Path:
+    """`source` placed in `into` under its own name: masked if it is text holding a secret, else linked."""
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / source.name
+    data = source.read_bytes()
+    masked = redact_bytes(data) if _is_text(data) else data
+    if masked != data:
+        target.write_bytes(masked)
+        return target
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
+    return target
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in data
+
+
+def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]):
+    """A new run whose name and tags are redacted."""
+    return client.create_run(experiment_id, run_name=redact(run_name), tags=clean_tags(tags))
