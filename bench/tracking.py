@@ -30,9 +30,9 @@ class Settings:
     batch: int
 
     def overrides(self, data: Datasets, nc: int, epochs: int) -> List[str]:
-        return [*data_overrides(data, nc), f"train.epochs={epochs}", f"train.imgsz={self.imgsz}",
-                f"train.batch={self.batch}", "train.workers=0", "model=yolov5n", "train.device=cpu",
-                "train.noplots=true"]
+        # The tests' preset (conf/debug/tiny.yaml: workers 0, small images), at the benchmark's size and data.
+        return ["debug=tiny", *data_overrides(data, nc), f"train.epochs={epochs}", f"train.imgsz={self.imgsz}",
+                f"train.batch={self.batch}", "model=yolov5n", "train.device=cpu", "train.noplots=true"]
 
 
 class TrackedRuns:

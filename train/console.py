@@ -102,9 +102,10 @@ class _Pump:
 
     def run(self) -> None:
         try:
+            poller = select.poll()  # not select(): a descriptor numbered over 1023 is fine
+            poller.register(self.read_end, select.POLLIN)
             while True:
-                ready, _, _ = select.select([self.read_end], [], [], QUIET_S)
-                if not ready:
+                if not poller.poll(QUIET_S * 1000):
                     self.show_pending()
                     if self.closing.is_set():
                         self.finish()

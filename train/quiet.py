@@ -23,6 +23,15 @@ WARNINGS = (
     # torch's deprecation of torch.cuda.amp.GradScaler(...), called once per training by YOLOv5 7.0.14's train.py
     # (the pinned package's code, not ours): it still works the same.
     ("ignore", r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", FutureWarning, r"yolov5\.train\Z"),
+    # The same for torch.cuda.amp.autocast(...), which YOLOv5's train.py enters at every batch.
+    ("ignore", r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated", FutureWarning, r"yolov5\."),
+    # torch's notice that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD makes YOLOv5's torch.load calls unpickle whole objects:
+    # train.offline sets it on purpose (YOLOv5 checkpoints pickle the model). Our own torch.load calls still warn.
+    ("ignore", r"Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected", UserWarning, r"yolov5\."),
+    # torch's DataLoader on a machine without GPU: YOLOv5 asks for pinned memory, which only speeds up copies to a
+    # GPU; training on the CPU is the same without it.
+    ("ignore", r"'pin_memory' argument is set as true but no accelerator is found", UserWarning,
+     r"torch\.utils\.data\.dataloader\Z"),
 )
 
 # (logger name, message regex): log records dropped, each with why it is noise here.
@@ -68,3 +77,21 @@ def silence() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessage) and f.pattern.pattern == pattern for f in logger.filters):
             logger.addFilter(DropMessage(pattern))
+
+
+def undo_yolov5_global_warning_settings() -> None:
+    """What importing YOLOv5 does to every warning of the process, undone: call right after `import yolov5.train`.
+
+    yolov5/utils/torch_utils.py installs `warnings.filterwarnings('ignore', category=UserWarning)`: every
+    UserWarning of every library (and ours) hidden for the rest of the process. roboflow (imported by yolov5)
+    replaces warnings.formatwarning with one that prints the bare message: no file, line or category.
+    """
+    blanket = ("ignore", None, UserWarning, None, 0)
+    if blanket in warnings.filters:
+        warnings.filters[:] = [f for f in warnings.filters if f != blanket]
+        warnings._filters_mutated()  # type: ignore[attr-defined]  # the C cache of the filters is rebuilt
+    if getattr(warnings.formatwarning, "__module__", "") == "roboflow.core.project":
+        warnings.formatwarning = _STDLIB_FORMATWARNING
+
+
+_STDLIB_FORMATWARNING = getattr(warnings, "_formatwarning_orig", warnings.formatwarning)  # as Python defines it

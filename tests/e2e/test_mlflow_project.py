@@ -112,11 +112,13 @@ def test_kubernetes_backend_builds_pushes_submits_and_finishes(tracking_server, 
 
 def test_kubernetes_training_failure_is_failed_on_both_sides(tracking_server, base_image, project_copy, registry,
                                                             kube, tmp_path):
-    # A GPU asked for where there is none (the stand-in has no GPU to give): YOLOv5 fails once the run is open.
-    proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-failing", *PARAMS, "-P", "device=0")
+    # A model yaml that exists but is no model: YOLOv5 fails building it, once the run is open.
+    overrides = f"{OVERRIDES} model.cfg=/etc/hostname"
+    proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-failing",
+                                *PARAMS[:-1], f"overrides={overrides}")
     assert proc.returncode != 0
-    assert job.exit_code != 0 and job.status["conditions"][0]["type"] == "Failed"
-    assert "Invalid CUDA" in job.logs
+    assert job.exit_code == 1 and job.status["conditions"][0]["type"] == "Failed"
+    assert "error: training failed" in job.logs
     run = only_run(tracking_server, "e2e-kubernetes-failing")
     assert run.info.status == "FAILED"
     assert "logs/train.log" in artifact_keys(tracking_server, run)  # the pod uploaded its own log

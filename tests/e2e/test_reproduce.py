@@ -69,6 +69,7 @@ def test_reproduction_trains_a_new_run_with_identical_metrics(original, tracking
     client = tracking_server.client()
     [copy] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")
     assert copy.info.status == "FINISHED" and copy.info.run_id != original.info.run_id
+    assert copy.info.run_name == f"reproduce-{original.info.run_name}"
     assert {k: v for k, v in copy.data.params.items() if k not in ("mlflow.run_name", "reproduce.run_id")} == \
         {k: v for k, v in original.data.params.items() if k not in ("mlflow.run_name", "reproduce.run_id")}
     for key in original.data.metrics:
@@ -88,7 +89,7 @@ def test_changed_data_is_refused_unless_allowed(original, tracking_server, cache
     assert proc.returncode == 2, why(proc)
     [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert line.startswith("error: data: the training split's content digest is ")
-    assert line.endswith("(reproduce.allow_mismatch=true to train anyway)")
+    assert line.endswith("(python -m train.reproduce --allow-mismatch to train anyway)")
 
 
 def test_other_code_is_refused(original, tracking_server, cache_dir, tmp_path):

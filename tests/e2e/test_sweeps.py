@@ -35,6 +35,12 @@ def test_grid_sweep_nests_every_trial_and_names_the_best(train, tracking_server)
         ("yolov5n", "0.01"), ("yolov5n", "0.001"), ("yolov5s", "0.01"), ("yolov5s", "0.001")}
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
     assert "model=yolov5n,yolov5s" in parent.data.tags["sweep_overrides"]
+    # Names tell the parent and each trial apart in the runs list; the last line links the parent.
+    assert parent.info.run_name.endswith("-sweep")
+    assert [c.info.run_name.rsplit("-", 1)[1] for c in children] == ["trial0", "trial1", "trial2", "trial3"]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"MLflow sweep run {parent.info.run_id} ended FINISHED") and last.endswith(
+        f"{tracking_server.uri}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}")
 
     assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
     for row, child in zip(rows, children):
@@ -47,7 +53,7 @@ def test_grid_sweep_nests_every_trial_and_names_the_best(train, tracking_server)
 
 def test_failed_trials_never_stop_the_others_and_fail_the_parent(train, tracking_server):
     env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-grid-failing")
-    # imgsz=100 is refused before training; device=0 fails inside YOLOv5 (no GPU here). Only (64, cpu) can finish.
+    # imgsz=100 and device=0 (no GPU here) are refused before training. Only (64, cpu) can finish.
     proc = train("-m", *TINY, "train.epochs=1", "train.imgsz=64,100", "train.device=cpu,0", env=env)
     assert proc.returncode == 1, why(proc)
     parent, children, rows = sweep_record(tracking_server, "e2e-grid-failing")

@@ -29,7 +29,7 @@ def finished(tracking_server, cache_dir, tmp_path_factory):
 def test_run_finished_with_contract_tags(finished):
     _, run = finished
     assert run.info.status == "FINISHED"
-    assert run.info.run_name.startswith("yolov5-coco128-")
+    assert run.info.run_name.startswith("yolov5n-synthetic-")  # <model>-<data>-<UTC time>
     tags = run.data.tags
     assert tags["project"] == "yolov5-mlflow"
     assert tags["team"] == "vision"  # extra tags from config

@@ -1,4 +1,4 @@
-"""The console tee: the console as it was (colours, live bars), a plain-text copy in the file, credentials in neither."""
+"""The console tee: the console as it was (colours, live bars), a plain-text copy in the file, no credentials."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def run_child(code: str, *args: str, timeout: float = 60) -> subprocess.Complete
     return proc
 
 
-def feed_in_chunks(tmp_path: Path, data: bytes, cuts: list[int], quiet_after: set[int] = frozenset()
+def feed_in_chunks(tmp_path: Path, data: bytes, cuts: list[int], quiet_after: frozenset[int] | set[int] = frozenset()
                    ) -> tuple[bytes, bytes]:
-    """`data` through one stream's pump, read in the pieces `cuts` makes, the writer pausing (the quiet time: the
-    unfinished line goes to the console) after the pieces numbered in `quiet_after`: (what the console got, the file)."""
+    """`data` through one stream's pump, read in the pieces `cuts` makes, the writer pausing after the pieces
+    numbered in `quiet_after` (the quiet time: the unfinished line goes to the console): (the console, the file)."""
     log, console_copy = tmp_path / "train.log", tmp_path / "console"
     log.unlink(missing_ok=True)
     tee = ConsoleTee(log)
@@ -220,3 +220,28 @@ def test_a_killed_process_leaves_every_line_written_before(tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILLED, str(log)], capture_output=True, timeout=60, env=ENV)
     assert proc.returncode == -9
     assert sorted(log.read_text().splitlines(keepends=True)) == [" 2/9 epoch\n", "saved last.pt\n"]
+
+
+STRAGGLER = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+import train.console
+from train.console import ConsoleTee
+train.console._DRAIN_TIMEOUT_S = 0.5
+log = Path(sys.argv[1])
+tee = ConsoleTee(log)
+with tee:
+    os.write(2, b"before\n\r 1/2 partial")
+    subprocess.Popen(["sleep", "3"])  # holds the pipe's write end past the tee's exit, as a forked worker can
+    started = time.monotonic()
+os.write(2, f"\nexit took {time.monotonic() - started:.1f} s; the file: {log.read_text()!r}\n".encode())
+os._exit(0)
+"""
+
+
+def test_a_child_holding_the_pipe_does_not_hang_the_exit_nor_keep_output_back(tmp_path):
+    proc = run_child(STRAGGLER, str(tmp_path / "train.log"))
+    stderr = proc.stderr.decode()
+    assert stderr.startswith("before\n\r 1/2 partial\nexit took "), stderr
+    seconds = float(stderr.split("exit took ")[1].split(" s;")[0])
+    assert seconds < 2.5 and "the file: 'before\\n 1/2 partial\\n'" in stderr

@@ -13,6 +13,7 @@ import importlib.machinery
 import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
@@ -127,7 +128,8 @@ def test_readme_exit_code_table_equals_train_errors():
     assert documented, "README.md has no `| exit code | meaning |` table"
     assert len(documented) == len(set(documented)), f"README.md lists an exit code twice: {documented}"
     assert set(documented) == set(constants.values()), (
-        f"README.md's exit codes {sorted(documented)} != train/errors.py's {sorted(constants.items(), key=lambda kv: kv[1])}")
+        f"README.md's exit codes {sorted(documented)} != train/errors.py's "
+        f"{sorted(constants.items(), key=lambda kv: kv[1])}")
 
 
 @pytest.mark.parametrize("page", PAGES[1:], ids=PAGE_IDS[1:])
@@ -189,8 +191,6 @@ def test_make_targets_exist(page):
 
 def module_spec(name: str):
     """The spec `python -m name` would run, found without importing name or any package above it."""
-    import sys
-
     path = [str(REPO), *sys.path]
     spec = None
     for depth, part in enumerate(name.split(".")):
@@ -268,7 +268,8 @@ def test_config_group_options_exist(page):
     for snippet in _code(_without_bad_input_section(_text(page)), skip_refusals=True):
         for group, options in _GROUP_OPTION.findall(snippet):
             for option in options.split(","):
-                if option and not re.search(r"[<>{}$*]", option) and not (REPO / "conf" / group / f"{option}.yaml").is_file():
+                placeholder = re.search(r"[<>{}$*]", option)
+                if option and not placeholder and not (REPO / "conf" / group / f"{option}.yaml").is_file():
                     missing.add(f"{group}={option}")
     assert not missing, f"{page.name}: no such conf/<group>/<option>.yaml: {sorted(missing)}"
 
@@ -287,7 +288,8 @@ def test_readme_config_table_lists_every_group_and_option():
     assert groups <= set(listed), f"README.md's config table leaves out the groups {sorted(groups - set(listed))}"
     for group, options in listed.items():
         actual = {p.stem for p in (conf / group).glob("*.yaml")} if (conf / group).is_dir() else set()
-        assert options == actual, f"README.md's config table: group {group} lists {sorted(options)}, conf/ has {sorted(actual)}"
+        assert options == actual, (
+            f"README.md's config table: group {group} lists {sorted(options)}, conf/ has {sorted(actual)}")
 
 
 def test_bad_input_table_is_well_formed():

@@ -27,6 +27,12 @@ def _shown(message: str, category: type, module: str) -> bool:
 PKG_RESOURCES = ("pkg_resources is deprecated as an API. See https://setuptools.pypa.io/en/latest/pkg_resources.html. "
                  "The pkg_resources package is slated for removal as early as 2025-11-30. Refrain from using this "
                  "package or pin to Setuptools<81.")
+WEIGHTS_ONLY = ("Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected, since the`weights_only` argument was "
+                "not explicitly passed to `torch.load`, forcing weights_only=False.")
+PIN_MEMORY = ("'pin_memory' argument is set as true but no accelerator is found, then device pinned memory won't be "
+              "used.")
+AUTOCAST = ("`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` "
+            "instead.")
 GRAD_SCALER = ("`torch.cuda.amp.GradScaler(args...)` is deprecated. Please use `torch.amp.GradScaler('cuda', args...)` "
                "instead.")
 
@@ -34,6 +40,10 @@ GRAD_SCALER = ("`torch.cuda.amp.GradScaler(args...)` is deprecated. Please use `
 @pytest.mark.parametrize("message, category, module", [
     (PKG_RESOURCES, UserWarning, "yolov5.utils.general"),
     (GRAD_SCALER, FutureWarning, "yolov5.train"),
+    (AUTOCAST, FutureWarning, "yolov5.train"),
+    (WEIGHTS_ONLY, UserWarning, "yolov5.utils.general"),
+    (WEIGHTS_ONLY, UserWarning, "yolov5.models.experimental"),
+    (PIN_MEMORY, UserWarning, "torch.utils.data.dataloader"),
 ])
 def test_known_warnings_are_silenced_and_others_from_the_same_module_still_show(message, category, module):
     assert not _shown(message, category, module)
@@ -138,3 +148,28 @@ def test_silence_runs_with_the_offline_switches(tmp_path):
              % str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.stdout == "True\n", proc.stderr
+
+
+def test_what_importing_yolov5_does_to_every_warning_can_be_undone():
+    def roboflow_format(message, *args, **kwargs):  # roboflow/core/project.py's: the bare message
+        return str(message) + "\n"
+
+    roboflow_format.__module__ = "roboflow.core.project"
+    formatwarning = warnings.formatwarning
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()
+            warnings.simplefilter("always")
+            quiet.silence()
+            warnings.filterwarnings("ignore", category=UserWarning)  # yolov5/utils/torch_utils.py, at import
+            warnings.formatwarning = roboflow_format
+            warnings.warn_explicit("hidden", UserWarning, "x.py", 1, module="our.own.code")
+            quiet.undo_yolov5_global_warning_settings()
+            quiet.undo_yolov5_global_warning_settings()
+            warnings.warn_explicit("a real warning", UserWarning, "x.py", 2, module="our.own.code")
+            warnings.warn_explicit(WEIGHTS_ONLY, UserWarning, "general.py", 3, module="yolov5.utils.general")
+        assert [str(w.message) for w in caught] == ["a real warning"]
+        assert warnings.formatwarning is not roboflow_format
+        assert warnings.formatwarning("m", UserWarning, "x.py", 2).startswith("x.py:2: UserWarning: m")
+    finally:
+        warnings.formatwarning = formatwarning

@@ -57,12 +57,12 @@ class OutageClient(MlflowClient):
 
     def log_batch(self, run_id, metrics=(), *args, **kwargs):
         self.attempts += 1
+        failing = self.down.is_set() or self.fail_next > 0  # as the request leaves
+        self.fail_next = max(0, self.fail_next - 1)
         if self.held.is_set():
             self.held.clear()
             self.in_flight.set()
             assert self.release.wait(WAIT_S)
-        failing = self.down.is_set() or self.fail_next > 0
-        self.fail_next = max(0, self.fail_next - 1)
         if failing and not self.lost_answer:
             raise ConnectionError("Connection refused\n(more detail on a second line)")
         result = super().log_batch(run_id, metrics, *args, **kwargs)

@@ -93,7 +93,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global last_sweep_outcome
         from train.tracking.record import RunRecord
-        from train.tracking.run import run_url
+        from train.tracking.run import run_url, ui_command
 
         if self.parent_run_id is None:
             return
@@ -123,6 +123,8 @@ class MlflowSweepCallback(Callback):
         print(f"MLflow sweep run {self.parent_run_id} ended {status}: {len(rows)} trials, {len(failed)} failed"
               + (f", best trial {best['trial']} ({config.sweep.objective}={best['objective']:.4f})" if best else "")
               + f": {url}")
+        if client.tracking_uri.startswith("sqlite:"):
+            print(f"Open it with: {ui_command(client.tracking_uri)}")
         os.environ.pop(PARENT_RUN_ENV, None)
         last_sweep_outcome = Outcome(EXIT_TRAINING_FAILED if status == "FAILED" else EXIT_OK,
                                      objective=best["objective"] if best else math.nan, run_id=self.parent_run_id)
