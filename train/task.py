@@ -23,6 +23,7 @@ from train.checks import validate
 from train.config import to_container
 from train.console import ConsoleTee
 from train.data import prepare
+from train.hints import python_command
 from train.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TRAINING_FAILED, BadInput, Outcome, RecipeError
 from train.interrupts import CheckpointSafeInterrupts
 from train.redact import redact
@@ -204,8 +205,9 @@ def _train_tracked(prepared: _Prepared, out_dir: Path, interrupts: CheckpointSaf
     except KeyboardInterrupt:
         print_where_to_look(session.tracking_uri, session.run_id, "KILLED")
         if session.has_checkpoint():
-            _say("training interrupted; the run is recorded as KILLED, with its last checkpoint: continue it "
-                 f"with `python -m train train.resume={session.run_id}`")
+            resume = python_command(f"-m train train.resume={session.run_id}")
+            _say(f"training interrupted; the run is recorded as KILLED, with its last checkpoint: continue it "
+                 f"with `{resume}`")
         else:
             _say("training interrupted before its first checkpoint; the run is recorded as KILLED, with its log "
                  "(nothing to resume: start it again)")

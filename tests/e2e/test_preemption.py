@@ -114,3 +114,21 @@ def test_resumed_run_continues_one_metric_history_to_the_planned_epoch(tracking_
     assert log.count("Resuming training from") == 2 and log.count("KeyboardInterrupt: SIG") == 2
     assert int(run.data.tags["resumed_at_epoch"]) > killed_at
     assert run.data.params["train.epochs"] == str(epochs)
+
+
+def test_interrupted_before_the_first_checkpoint_says_there_is_nothing_to_resume(tracking_server, cache_dir,
+                                                                                  tmp_path):
+    experiment = "e2e-interrupted-early"
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME=experiment)
+    proc = launch(tmp_path, cache_dir, [*TINY, "train.epochs=50"], env)
+    client = tracking_server.client()
+    run_id = only_run_id(client, experiment, proc)  # the run exists; its first epoch has not ended
+    _, stderr = interrupt(proc, signal.SIGTERM)
+    assert proc.returncode == 130, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "before its first checkpoint" in last and "train.resume" not in last  # only what is true
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = subprocess.run([sys.executable, "-m", "train", f"train.resume={run_id}"], cwd=tmp_path,
+                             env={"YOLOV5_MLFLOW_CACHE": str(cache_dir), **env}, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 2 and "has no checkpoint" in resumed.stderr.strip().splitlines()[-1]

@@ -190,15 +190,12 @@ def record_refused_run(tracking_uri: str, experiment_name: str, run_name: str, t
 
 def ui_command(tracking_uri: str) -> str:
     """A command that opens the UI over a local store, as printed: it works without an activated venv."""
-    import shutil
-    import sys
+    from train.hints import mlflow_command
 
-    here = Path(sys.executable).parent / "mlflow"
-    mlflow_cli = "mlflow" if shutil.which("mlflow") == str(here) else str(here)
     project = Path(__file__).resolve().parents[2]
     if tracking_uri == embedded_tracking_uri(project) and Path.cwd().resolve() == project:
         return "make ui"
-    return f"{mlflow_cli} ui --backend-store-uri {tracking_uri} --port 5000"
+    return mlflow_command(f"ui --backend-store-uri {tracking_uri} --port 5000")
 
 
 def print_where_to_look(tracking_uri: str, run_id: str, status: str) -> None:

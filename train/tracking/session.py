@@ -17,6 +17,7 @@ import mlflow
 from train import yolo
 from train.console import ConsoleTee
 from train.errors import RecordIncomplete
+from train.hints import python_command
 from train.interrupts import CheckpointSafeInterrupts
 from train.redact import redact, without_credentials
 from train.tracking import lineage, resume
@@ -122,7 +123,7 @@ def _finish_record(spool: MetricSpool, record: RunRecord, session: Session, time
         reason = f"{len(undelivered)} epochs of metrics were not delivered ({spool.last_error})"
     path = pending.save(session.out_dir)
     raise RecordIncomplete(f"the tracking server did not take the whole record: {reason}; it is kept in {path}: "
-                           f"deliver it with `python -m train.tracking.sync {session.out_dir}`") from outcome
+                           f"deliver it with `{python_command(f'-m train.tracking.sync {session.out_dir}')}`") from outcome
 
 
 def _log_model(session: Session) -> None:
