@@ -164,6 +164,12 @@ def netguard_log() -> Path:
     return _netguard_log
 
 
+# Set by pytest and CI services, never in a user's training job; MLflow turns its telemetry off when it sees one
+# (mlflow/telemetry/utils.py), so with them a training process under test would behave unlike a user's.
+_TEST_RUNNER_MARKS = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "JENKINS_URL", "TRAVIS",
+                      "TF_BUILD", "BUILDKITE", "TEAMCITY_VERSION", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN")
+
+
 def client_env(**extra: str) -> Dict[str, str]:
     """The environment of a training process: no S3 credentials (the server proxies artifacts), no network.
 
@@ -171,7 +177,7 @@ def client_env(**extra: str) -> Dict[str, str]:
     connection or name lookup beyond loopback, in this process and every Python process it starts.
     """
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "AWS_")) and k not in ("HYDRA_FULL_ERROR",)}
+           if not k.startswith(("MLFLOW_", "AWS_")) and k not in ("HYDRA_FULL_ERROR", *_TEST_RUNNER_MARKS)}
     env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), str(REPO)])
     env[NETGUARD_LOG_ENV] = str(netguard_log())
     env.update(extra)

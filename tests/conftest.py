@@ -10,7 +10,46 @@ from typing import Dict, Iterator, List
 import pytest
 
 from testbed.servers import (BUCKET, REPO, S3_CREDENTIALS, ManagedTrackingServer, TrackingServer,  # noqa: F401
-                           client_env, free_port, s3_server, start, stop, wait_until_up)
+                           client_env, free_port, netguard_log, s3_server, start, stop, wait_until_up)
+
+
+class _NetguardLog:
+    """testbed/netguard's refusals (one line each) from every process started with client_env(), read once each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._read = path, 0
+
+    def new_lines(self) -> List[str]:
+        with open(self.path, "rb") as log:
+            log.seek(self._read)
+            data = log.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._read += len(complete)
+        return complete.decode(errors="replace").splitlines()
+
+
+def _refused(lines: List[str]) -> str:
+    return ("a process started with client_env() reached beyond loopback (testbed/netguard refused it; a clean "
+            "install must train without the network):\n  " + "\n  ".join(lines))
+
+
+@pytest.fixture(scope="session")
+def _netguard_session() -> Iterator[_NetguardLog]:
+    log = _NetguardLog(netguard_log())
+    yield log
+    late = log.new_lines()  # from the teardown of session fixtures, after the last test's check
+    if log.path.stat().st_size == 0:
+        log.path.unlink()  # kept when it holds anything, to look at
+    assert not late, _refused(late)
+
+
+@pytest.fixture(autouse=True)
+def no_network(_netguard_session: _NetguardLog) -> Iterator[None]:
+    """Fails the test (in its teardown) whose processes, or the fixtures it set up, reached for the network."""
+    yield
+    refused = _netguard_session.new_lines()
+    if refused:
+        pytest.fail(_refused(refused), pytrace=False)
 
 
 @pytest.fixture(scope="session")

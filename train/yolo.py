@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -125,8 +124,10 @@ def train(opt: argparse.Namespace, *hooks) -> None:
     from yolov5 import train as yolov5_train
     from yolov5.utils.callbacks import Callbacks
 
-    # YOLOv5 7.0.14 calls the deprecated torch.cuda.amp.autocast every batch: one warning per step drowns the log.
-    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
+    from train.quiet import undo_yolov5_global_warning_settings
+
+    # Importing YOLOv5 hid every UserWarning of the process; train.quiet filters its known noise one by one instead.
+    undo_yolov5_global_warning_settings()
     callbacks = Callbacks()
     for hook in hooks:
         hook.register(callbacks)

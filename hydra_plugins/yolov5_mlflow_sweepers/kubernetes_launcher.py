@@ -100,7 +100,12 @@ class KubernetesLauncher(Launcher):
                TRIAL_ENV: str(trial.index)}
         # A plain argv: unlike `mlflow run`, nothing here is shell-quoted.
         command = ["python", "-m", "train", *(redact(without_credentials(o)) for o in trial.overrides)]
-        return kubernetes_job_definition(project_name, tag, digest, command, env, copy.deepcopy(template))
+        job = kubernetes_job_definition(project_name, tag, digest, command, env, copy.deepcopy(template))
+        for container in job["spec"]["template"]["spec"]["containers"]:
+            for variable in container.get("env", []):  # MLflow's own (KUBE_MLFLOW_TRACKING_URI) included
+                if "value" in variable:
+                    variable["value"] = redact(without_credentials(str(variable["value"])))
+        return job
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import kubernetes

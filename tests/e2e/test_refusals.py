@@ -1,7 +1,9 @@
-"""Bad input, row by row as the README's "Bad input" table lists it.
+"""Bad input, row by row as docs/failures.md's "Bad input" table lists it.
 
-Each row: one clear line on stderr, a non-zero exit, no run left RUNNING, and nothing written to
-the run MLFLOW_RUN_ID names (as `mlflow run` sets it: the run exists before our code starts).
+Each row: one clear line on stderr, a non-zero exit, and nothing created: the same experiments and the same runs
+(any status) on the tracking server before and after, and nothing written to the run MLFLOW_RUN_ID names (as
+`mlflow run` sets it: the run exists before our code starts). A row that waits for an unreachable server is also
+timed against its startup budget (mlflow.startup_timeout_s).
 """
 
 from __future__ import annotations
@@ -12,17 +14,26 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, TINY, ManagedTrackingServer, client_env, free_port, why
+from tests.conftest import REPO, TINY, ManagedTrackingServer, client_env, why
 from train.data.synthetic import SyntheticSpec, generate
 
 BAD_INPUT = 2
 TRACKING_UNAVAILABLE = 3
+DEFAULT_STARTUP_TIMEOUT_S = float(yaml.safe_load((REPO / "conf" / "mlflow" / "default.yaml").read_text())
+                                  ["startup_timeout_s"])
+# What a refusal that waits for a server may take beyond its budget (mlflow.startup_timeout_s): starting Python and
+# importing Hydra, MLflow and (for the rows that get as far as creating a run) torch and YOLOv5 take 5-15 s on a
+# busy 2-core CI machine, plus composing the config and exiting. Generous on purpose: what this catches is a
+# regression to MLflow's own retries, about 4 minutes, not a few seconds.
+STARTUP_ALLOWANCE_S = 25.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,16 @@ class Row:
     exit_code: int = BAD_INPUT
     env: Tuple[Tuple[str, str], ...] = ()
     on_main_server: bool = True  # tracks to the session's server, under MLFLOW_RUN_ID=<a bystander run>
+    whole: bool = False   # the line is `error` exactly, not only how it starts
+    without_cuda: bool = False  # means what it says only on a machine without CUDA
+    # The one row that legitimately creates something: the run exists before its artifact store is tried, and
+    # is left FAILED (with the experiment it needed) on the server whose artifact store is unreachable.
+    creates_failed_run: bool = False
+
+    @property
+    def budget_s(self) -> Optional[float]:
+        """The startup budget a row that waits for a server gives it on its command line."""
+        return next((float(a.split("=", 1)[1]) for a in self.args if a.startswith("mlflow.startup_timeout_s=")), None)
 
 
 def train(*args: str) -> Tuple[str, ...]:
@@ -56,7 +77,17 @@ ROWS = [
     Row("train.device=gpu", train("train.device=gpu"), "error: train.device: must be ''"),
     Row("hyp.mosaic=2", train("hyp.mosaic=2"), "error: hyp.mosaic: is a probability"),
     Row("model=nope", train("model=nope"), "error: model: no option 'nope'"),
-    Row("train.nope=1", train("train.nope=1"), "error: train.nope: Key 'nope' not in 'TrainConfig'"),
+    Row("train.nope=1", train("train.nope=1"), "error: train.nope: no such key", whole=True),  # no close match
+    Row("mlflow.tags.owner=alice", train("mlflow.tags.owner=alice"),
+        "error: mlflow.tags.owner: no such key; to add it, use +mlflow.tags.owner=alice"),
+    Row("hyp.lr0=0.01,0.001", train("hyp.lr0=0.01,0.001"),
+        "error: hyp.lr0=0.01,0.001: several values: add --multirun (-m) to sweep over them"),
+    Row("train.epoch=5", train("train.epoch=5"), "error: train.epoch: no such key (did you mean train.epochs?)"),
+    Row("train.device=0", train("train.device=0"),
+        "error: train.device: '0' asks for CUDA device 0, but this machine has no CUDA GPU", without_cuda=True),
+    # Without CUDA the first device missing is 0 (the row above says so); with GPUs it is 99.
+    Row("train.device=0,99", train("train.device=0,99"),
+        "error: train.device: '0,99' asks for CUDA device {first_missing_of_0_99}, but this machine has"),
     Row("mlflow.experiment_name=''", train("mlflow.experiment_name=''"), "error: mlflow.experiment_name: must not"),
     Row("-P epochs=abc", mlproject(epochs="abc"), "error: train.epochs: Value 'abc'"),
     Row("-P foo=bar", mlproject(foo="bar"), "error: MLproject parameters: unrecognized arguments: --foo bar"),
@@ -83,7 +114,8 @@ ROWS = [
         "error: mlflow.tracking_uri: cannot use", TRACKING_UNAVAILABLE, on_main_server=False),
     Row("S3 endpoint unreachable (the server's MLFLOW_S3_ENDPOINT_URL)",
         train(*TINY, "mlflow.tracking_uri={bad_s3_server}", "mlflow.startup_timeout_s=5"),
-        "error: artifact store: cannot write the run's artifacts", TRACKING_UNAVAILABLE, on_main_server=False),
+        "error: artifact store: cannot write the run's artifacts", TRACKING_UNAVAILABLE, on_main_server=False,
+        creates_failed_run=True),
     Row("train.resume=abc", train("train.resume=abc"), "error: train.resume: must be an MLflow run id"),
     Row("train.resume=<no such run>", train("train.resume=0123456789abcdef0123456789abcdef"),
         "error: train.resume: no run 0123456789abcdef0123456789abcdef"),
@@ -97,6 +129,8 @@ ROWS = [
         "error: kube-job-template-path: "),
     Row("python -m train.k8s_job_template <a template that is not a Job>",
         ("train.k8s_job_template", "{bad_backend_config}"), "error: kube-job-template-path: "),
+    Row("python -m train.reproduce", ("train.reproduce",),
+        "error: python -m train.reproduce: the following arguments are required: run_id"),
 ]
 
 
@@ -176,32 +210,102 @@ def _record(server, run_id: str) -> tuple:
             [a.path for a in client.list_artifacts(run_id)])
 
 
-def _running(server) -> set:
+def _contents(server) -> Tuple[set, set]:
+    """Every experiment and every run on a server: any status, deleted ones too."""
+    from mlflow.entities import ViewType
+
     client = server.client()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return {r.info.run_id for r in client.search_runs(experiments, "attributes.status = 'RUNNING'")}
+    experiments = {(e.experiment_id, e.name, e.lifecycle_stage)
+                   for e in client.search_experiments(view_type=ViewType.ALL, max_results=50000)}
+    runs, token = set(), None
+    while True:
+        page = client.search_runs([e[0] for e in experiments], run_view_type=ViewType.ALL, max_results=50000,
+                                  page_token=token)
+        runs |= {(r.info.run_id, r.info.experiment_id, r.info.status, r.info.lifecycle_stage) for r in page}
+        token = page.token
+        if not token:
+            return experiments, runs
+
+
+def _assert_one_failed_run_at_most_added(before: Tuple[set, set], after: Tuple[set, set]) -> None:
+    (experiments_before, runs_before), (experiments_after, runs_after) = before, after
+    added = runs_after - runs_before
+    assert runs_before <= runs_after and len(added) == 1, (runs_before - runs_after, added)
+    [(_, experiment_id, status, _)] = added
+    assert status == "FAILED"
+    assert experiments_before <= experiments_after
+    assert {e[0] for e in experiments_after - experiments_before} <= {experiment_id}
+
+
+@pytest.fixture(scope="module")
+def cuda_places() -> Dict[str, str]:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"first_missing_of_0_99": "0" if count == 0 else "99"}
+
+
+def refuse(args: Tuple[str, ...], env: Dict[str, str], cwd: Path, exit_code: int, error: str, whole: bool = False,
+           budget_s: Optional[float] = None) -> subprocess.CompletedProcess:
+    """`python -m <args>`: its exit code, one `error:` line (the last on stderr), no traceback, and within budget."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    elapsed = time.monotonic() - started
+
+    assert proc.returncode == exit_code, why(proc)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], why(proc)
+    assert errors[0] == error if whole else errors[0].startswith(error), errors[0]
+    assert "Traceback" not in proc.stderr
+    if budget_s is not None:
+        print(f"refused in {elapsed:.1f} s (budget {budget_s:g} s + {STARTUP_ALLOWANCE_S:g} s allowance)")
+        assert elapsed < budget_s + STARTUP_ALLOWANCE_S, (
+            f"took {elapsed:.1f} s with mlflow.startup_timeout_s={budget_s:g}: the budget is not applied "
+            f"(MLflow's own retries take about 4 minutes)")
+    return proc
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.shown for r in ROWS])
-def test_bad_input(row, places, tracking_server, bad_s3_server, bystander, cache_dir, tmp_path):
+def test_bad_input(row, places, tracking_server, bad_s3_server, bystander, cache_dir, tmp_path, request):
+    if row.without_cuda:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip(f"{row.shown} is refused only on a machine without CUDA; this one has "
+                        f"{torch.cuda.device_count()} CUDA GPU(s)")
+    fields = {**places, **(request.getfixturevalue("cuda_places") if "{first_missing" in row.error else {})}
     env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, YOLOV5_MLFLOW_CACHE=str(cache_dir))
     if row.on_main_server:
         env["MLFLOW_RUN_ID"] = bystander
     env.update({name: value.format(**places) for name, value in row.env})
     before = _record(tracking_server, bystander)
-    running_before = _running(tracking_server)
+    main_before, bad_s3_before = _contents(tracking_server), _contents(bad_s3_server.tracking)
 
-    proc = subprocess.run([sys.executable, "-m", *(a.format(**places) for a in row.args)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    refuse(tuple(a.format(**places) for a in row.args), env, tmp_path, row.exit_code, row.error.format(**fields),
+           row.whole, row.budget_s)
 
-    assert proc.returncode == row.exit_code, why(proc)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], why(proc)
-    assert errors[0].startswith(row.error.format(**places)), errors[0]
-    assert "Traceback" not in proc.stderr
     assert _record(tracking_server, bystander) == before  # nothing written to the existing run
-    assert _running(tracking_server) == running_before
-    assert not _running(bad_s3_server.tracking)
+    assert _contents(tracking_server) == main_before  # no experiment, no run, no status changed
+    if row.creates_failed_run:
+        _assert_one_failed_run_at_most_added(bad_s3_before, _contents(bad_s3_server.tracking))
+    else:
+        assert _contents(bad_s3_server.tracking) == bad_s3_before
+
+
+@pytest.mark.parametrize("target", ["closed_url", "silent_url"], ids=["nothing-listening", "never-answers"])
+def test_an_unreachable_server_is_refused_within_the_default_budget(target, places, tracking_server, cache_dir,
+                                                                   tmp_path):
+    """No mlflow.startup_timeout_s given: conf/mlflow/default.yaml's applies, not MLflow's 4 minutes of retries."""
+    url = places[target]
+    env = client_env(MLFLOW_TRACKING_URI=url, YOLOV5_MLFLOW_CACHE=str(cache_dir))
+    before = _contents(tracking_server)
+
+    refuse(("train",), env, tmp_path, TRACKING_UNAVAILABLE,
+           f"error: mlflow.tracking_uri: cannot use {url} (waited {DEFAULT_STARTUP_TIMEOUT_S:g} s, "
+           f"mlflow.startup_timeout_s)", budget_s=DEFAULT_STARTUP_TIMEOUT_S)
+
+    assert _contents(tracking_server) == before
 
 
 def test_an_unreachable_artifact_store_leaves_a_failed_run_that_says_why(places, bad_s3_server, tmp_path, cache_dir):
@@ -217,7 +321,8 @@ def test_an_unreachable_artifact_store_leaves_a_failed_run_that_says_why(places,
 
 
 def test_readme_lists_every_row_and_only_those():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Bad input", 1)[1].split("\n#", 1)[0]
+    """docs/failures.md's "Bad input" table, which the README links to: the rows above, in the same order."""
+    page = (REPO / "docs" / "failures.md").read_text()
+    section = page.split("### Bad input", 1)[1].split("\n#", 1)[0]
     shown = re.findall(r"^\| `(.+?)` \|", section, flags=re.MULTILINE)
     assert shown == [row.shown for row in ROWS]

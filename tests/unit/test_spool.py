@@ -157,7 +157,7 @@ def test_close_returns_within_its_timeout_what_the_server_never_acknowledged(cli
     spool.put(2, _epoch(2))
     spool.put(3, _epoch(3))
 
-    returned: list = []  # close() runs aside, so that one which ignored its timeout fails the test instead of hanging it
+    returned: list = []  # close() runs aside: one that ignored its timeout fails the test instead of hanging it
     closing = threading.Thread(target=lambda: returned.extend([spool.close(0.2), time.monotonic()]))
     started = time.monotonic()
     closing.start()
