@@ -125,7 +125,9 @@ class ManagedTrackingServer:
                  **env: str) -> None:
         self.port = free_port()
         self.log = workdir / "mlflow-server.log"
-        self.env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **env}
+        # As deploy/mlflow.yaml runs it: no job runners (GenAI features training never calls).
+        self.env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env}
         self.command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
                         "--backend-store-uri", backend_store_uri,
                         "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}", "--workers", str(workers)]

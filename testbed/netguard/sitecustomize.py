@@ -85,7 +85,10 @@ def _caller() -> str:
         if name != __file__ and not name.startswith(stdlib):
             where.append(f"{'/'.join(name.split(os.sep)[-2:])}:{frame.f_lineno}")
         frame = frame.f_back
-    return " < ".join(where) or "the standard library"
+    import threading
+
+    thread = threading.current_thread().name
+    return (" < ".join(where) or "the standard library") + ("" if thread == "MainThread" else f", thread {thread}")
 
 
 def _refuse(what: str, error: OSError) -> OSError:
