@@ -66,8 +66,9 @@ def describe(exc: Exception, overrides: Sequence[str]) -> str:
     if match := _AMBIGUOUS.search(text):
         arg = match["arg"]
         key, _, value = arg.partition("=")
-        return (f"{arg}: several values: add --multirun (-m) to sweep over them, or write {key}=[{value}] "
-                f"for a list")
+        one_run = (f"quote them to train on all of them in one run: {key}='{value}'" if key == "train.device"
+                   else f"write {key}=[{value}] for a list")
+        return f"{arg}: several values: add --multirun (-m) to sweep over them, or {one_run}"
     if match := _ALREADY_THERE.search(text):
         key = match["key"]
         return f"{key}: already in the config: drop the '+' ({key}={_value_of(key, overrides)})"

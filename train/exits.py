@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import Callable, NoReturn, Optional
 
+from train import offline
 from train.console import ConsoleTee
 from train.errors import RecipeError
 from train.redact import redact
@@ -44,6 +45,7 @@ def exit_after(entry_point: Callable[[], Optional[int]]) -> NoReturn:
     traceback and all, and so does a process under a profiler, tracer or debugger (cProfile, coverage, pdb),
     which writes its results at the normal exit.
     """
+    offline.no_telemetry()  # before any MLflow call: a sweep's parent run is created before any task runs
     with ConsoleTee(None):  # Hydra's and every library's console output, redacted like our own
         if sys.getprofile() or sys.gettrace():
             sys.exit(_run(entry_point))

@@ -43,6 +43,12 @@ def _number(value: str) -> str:
     return value[:-2] if value.endswith(".0") and value[:-2].isdigit() else value
 
 
+def _value(value: str) -> str:
+    """A parameter's value as one Hydra value: `-P device=0,1` is two GPUs for one run, never a sweep."""
+    value = _number(value)
+    return f"'{value}'" if "," in value and not value.startswith(("'", '"', "[")) else value
+
+
 def unquote(argv: Sequence[str]) -> List[str]:
     return [shlex.split(arg)[0] if arg.startswith("'") else arg for arg in argv]
 
@@ -61,7 +67,7 @@ def to_overrides(argv: Sequence[str]) -> List[str]:
             return ["--multirun", *shlex.split(args.sweep)]
         except ValueError as exc:
             parser.error(f"sweep: {exc}")
-    overrides = [f"{key}={_number(getattr(args, name))}" for name, key in PARAMETERS.items() if getattr(args, name)]
+    overrides = [f"{key}={_value(getattr(args, name))}" for name, key in PARAMETERS.items() if getattr(args, name)]
     try:
         extra = shlex.split(args.overrides)
     except ValueError as exc:

@@ -26,6 +26,17 @@ def _install_fonts(config_dir: Path) -> None:
             shutil.copyfile(dejavu, config_dir / name)
 
 
+# MLflow 3 sends usage telemetry from every process that tracks (a thread that looks up
+# config.mlflow-telemetry.io): a network access at run time, which offline it only delays, and never asked for.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def no_telemetry() -> None:
+    """Before the first MLflow call of any command (train.exits runs it first): MLflow reads it at each event."""
+    for key, value in NO_TELEMETRY.items():
+        os.environ.setdefault(key, value)
+
+
 def apply(cache_dir: Path) -> None:
     config_dir = cache_dir / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -43,5 +54,6 @@ def apply(cache_dir: Path) -> None:
     }
     for key, value in switches.items():
         os.environ.setdefault(key, value)
+    no_telemetry()
     _install_fonts(config_dir)
     quiet.silence()  # the console's known noise (pkg_resources, ads, ...) filtered, before yolov5 is imported

@@ -94,7 +94,10 @@ def _caller() -> str:
 def _refuse(what: str, error: OSError) -> OSError:
     path = os.environ.get(_LOG_ENV)
     if path:
-        line = (f"{time.strftime('%H:%M:%S')} pid {os.getpid()} {' '.join(sys.argv)[:200]!r}: refused {what} "
+        import re
+
+        command = re.sub(r"://[^/@\s]*@", "://***@", " ".join(sys.argv))[:200]  # no login from a URL in argv
+        line = (f"{time.strftime('%H:%M:%S')} pid {os.getpid()} {command!r}: refused {what} "
                 f"(at {_caller()})\n")
         try:
             with open(path, "a") as log:  # one short write in append mode: lines of parallel processes stay whole

@@ -86,7 +86,7 @@ ROWS = [
     Row("train.device=0", train("train.device=0"),
         "error: train.device: '0' asks for CUDA device 0, but this machine has no CUDA GPU", without_cuda=True),
     # Without CUDA the first device missing is 0 (the row above says so); with GPUs it is 99.
-    Row("train.device=0,99", train("train.device=0,99"),
+    Row("train.device='0,99'", train("train.device='0,99'"),
         "error: train.device: '0,99' asks for CUDA device {first_missing_of_0_99}, but this machine has"),
     Row("mlflow.experiment_name=''", train("mlflow.experiment_name=''"), "error: mlflow.experiment_name: must not"),
     Row("-P epochs=abc", mlproject(epochs="abc"), "error: train.epochs: Value 'abc'"),

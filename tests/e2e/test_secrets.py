@@ -90,9 +90,19 @@ def everything_logged(client, run_id: str, download_to: Path,
 
 
 def leaks(canaries: Mapping[str, str], places: Mapping[str, bytes]) -> List[str]:
-    """'<place>: <canary name>' for each canary found somewhere."""
-    return [f"{place}: {name}" for place, data in places.items() for name, value in canaries.items()
-            if value.encode() in data]
+    """'<place>: <canary name>: <the text around it>' for each canary found somewhere."""
+    found = []
+    for place, data in places.items():
+        for name, value in canaries.items():
+            at = data.find(value.encode())
+            if at >= 0:
+                found.append(f"{place}: {name}: {data[max(0, at - 60):at + len(value) + 20]!r}")
+    return found
+
+
+def assert_no_leak(canaries: Mapping[str, str], places: Mapping[str, bytes]) -> None:
+    found = leaks(canaries, places)
+    assert not found, "credentials leaked:\n" + "\n".join(found)
 
 
 def console(*outputs) -> bytes:
@@ -126,7 +136,7 @@ def test_no_credential_reaches_the_record_or_the_console(password_in, auth_track
     [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED"
     logged = everything_logged(client, run.info.run_id, tmp_path / "downloaded")
-    assert not leaks(canaries, {**logged, "console": console(proc)})
+    assert_no_leak(canaries, {**logged, "console": console(proc)})
 
 
 # --- A sweep, and what is made from one of its trials ---------------------------------------------------------------
@@ -153,10 +163,13 @@ def sweep(reader, planted, login_uri, cache_dir, tmp_path_factory) -> Sweep:
                                        f"mlflow.tracking_uri={login_uri}"], env=env)
     assert proc.returncode == 0, why(proc)
     runs = reader.search_runs([reader.get_experiment_by_name(SWEEP_EXPERIMENT).experiment_id])
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    seen = [(r.info.run_name, r.info.status, r.data.tags.get("mlflow.parentRunId")) for r in runs]
+    [parent] = [r for r in runs if "sweep_overrides" in r.data.tags] or [None]
+    assert parent is not None, f"no sweep parent among {seen}"
     trials = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
                     key=lambda r: int(r.data.tags["sweep_trial"]))
-    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials), seen
+    assert len(runs) == 3, f"runs beside the sweep's: {seen}"
     return Sweep(proc, work, parent, trials)
 
 
@@ -170,14 +183,15 @@ def test_a_sweep_records_no_credential_in_its_parent_or_its_trials(sweep, reader
         found += leaks(canaries, {f"trial {trial.data.tags['sweep_trial']} {place}": data
                                   for place, data in logged.items()})
     found += leaks(canaries, {"console": console(sweep.proc)})
-    assert not found
+    assert not found, "credentials leaked:\n" + "\n".join(found)
 
 
 def test_a_reproduction_of_a_trial_records_no_credential(sweep, reader, planted, canaries, login_uri, cache_dir,
                                                          tmp_path):
     original = sweep.trials[0].info.run_id
     # --allow-mismatch: the working tree may change between the sweep and now; the reproduction is not the point.
-    proc = subprocess.run([sys.executable, "-m", "train.reproduce", original, "--allow-mismatch",
+    # It goes first: argparse refuses `<run id> --allow-mismatch <overrides>` (train/reproduce.py uses parse_args).
+    proc = subprocess.run([sys.executable, "-m", "train.reproduce", "--allow-mismatch", original,
                            f"mlflow.tracking_uri={login_uri}"], cwd=tmp_path,
                           env={"YOLOV5_MLFLOW_CACHE": str(cache_dir), **client_env(**planted)},
                           capture_output=True, text=True, timeout=900)
@@ -186,7 +200,7 @@ def test_a_reproduction_of_a_trial_records_no_credential(sweep, reader, planted,
     [copy] = reader.search_runs(experiments, f"tags.reproduces = '{original}'")
     assert copy.info.status == "FINISHED"
     logged = everything_logged(reader, copy.info.run_id, tmp_path / "downloaded")
-    assert not leaks(canaries, {**logged, "console": console(proc)})
+    assert_no_leak(canaries, {**logged, "console": console(proc)})
 
 
 def test_a_synced_run_records_no_credential(sweep, reader, auth_tracking_server, planted, canaries, login_uri,
@@ -215,7 +229,7 @@ def test_a_synced_run_records_no_credential(sweep, reader, auth_tracking_server,
     assert [m.step for m in reader.get_metric_history(run_id, PROBE)] == [0, 1]
     logged = everything_logged(reader, run_id, tmp_path / "downloaded")
     assert any(place.startswith("artifact config/hydra/") for place in logged)
-    assert not leaks(canaries, {**logged, "console": console(proc)})
+    assert_no_leak(canaries, {**logged, "console": console(proc)})
 
 
 # --- A resume ------------------------------------------------------------------------------------------------------
@@ -238,7 +252,7 @@ def test_a_resumed_run_records_no_credential(reader, planted, canaries, login_ur
     run = reader.get_run(run_id)
     assert run.info.status == "FINISHED" and "resumed_at_epoch" in run.data.tags
     logged = everything_logged(reader, run_id, tmp_path / "downloaded")
-    assert not leaks(canaries, {**logged, "console": console(printed, second)})
+    assert_no_leak(canaries, {**logged, "console": console(printed, second)})
 
 
 # --- The pending file ------------------------------------------------------------------------------------------------

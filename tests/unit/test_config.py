@@ -112,6 +112,8 @@ def test_hyp_presets_match_the_yolov5_package(preset):
     (["mlflow.tags.owner=alice"], "mlflow.tags.owner: no such key; to add it, use +mlflow.tags.owner=alice"),
     (["hyp.lr0=0.01,0.001"], "hyp.lr0=0.01,0.001: several values: add --multirun (-m) to sweep over them"),
     (["train.epoch=5"], "train.epoch: no such key (did you mean train.epochs?)"),
+    (["train.device=0,1"], "train.device=0,1: several values: add --multirun (-m) to sweep over them, or quote them "
+                           "to train on all of them in one run: train.device='0,1'"),
     (["data.synthetic.train_imags=3"], "data.synthetic.train_imags: no such key (did you mean "
                                        "data.synthetic.train_images?)"),
     (["train.nope=1"], "train.nope: no such key"),

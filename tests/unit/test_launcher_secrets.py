@@ -40,11 +40,20 @@ def launcher(tracking_uri: str) -> KubernetesLauncher:
     return made
 
 
+def sweep_overrides(*typed: str):
+    """The trials' overrides as Hydra's sweeper hands them to a launcher: values re-rendered, `:` escaped."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    [batch] = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(typed)), None)
+    return batch
+
+
 def container(job):
     return job["spec"]["template"]["spec"]["containers"][0]
 
 
-@pytest.mark.parametrize("submitter", ["plain", "KUBE_MLFLOW_TRACKING_URI"])
+@pytest.mark.parametrize("submitter", ["as typed", "as Hydra's sweeper renders it", "KUBE_MLFLOW_TRACKING_URI"])
 def test_a_trial_job_holds_no_credential(submitter, monkeypatch):
     """The URI's login (config and the trial's override), the submitter's MLflow password and a secret-named
     variable's value given in an override are all absent; the pod still gets its login from the Secret."""
@@ -57,8 +66,10 @@ def test_a_trial_job_holds_no_credential(submitter, monkeypatch):
         # MLflow's Kubernetes backend puts this variable's value into every Job as MLFLOW_TRACKING_URI.
         monkeypatch.setenv("KUBE_MLFLOW_TRACKING_URI", with_login("http://mlflow.kubeflow.svc:5000", "u", password))
     uri = with_login(SERVER, "trainer", password)
-    trial = _Trial(3, ["debug=tiny", "hyp.lr0=0.01", f"mlflow.tracking_uri={uri}",
-                       f"+mlflow.tags.note=key-{s3_secret}"])
+    overrides = ["debug=tiny", "hyp.lr0=0.01", f"mlflow.tracking_uri={uri}", f"+mlflow.tags.note=key-{s3_secret}"]
+    if submitter == "as Hydra's sweeper renders it":
+        [overrides, _] = sweep_overrides(*overrides[:-1], f"{overrides[-1]},other")
+    trial = _Trial(3, overrides)
 
     job = launcher(uri)._job(trial, parent_run_id="0123456789abcdef")
 
@@ -72,7 +83,8 @@ def test_a_trial_job_holds_no_credential(submitter, monkeypatch):
     # The trial still trains against the same server (without the login), with its own overrides.
     command = container(job)["command"]
     assert command[:3] == ["python", "-m", "train"] and "hyp.lr0=0.01" in command
-    assert f"mlflow.tracking_uri={SERVER}" in command
+    [uri_override] = [arg for arg in command if arg.startswith("mlflow.tracking_uri=")]
+    assert "mlflow.example.test" in uri_override and "@" not in uri_override, uri_override
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         [entry] = [e for e in env if e["name"] == name]
         assert "value" not in entry, f"{name} is given in clear text"

@@ -98,3 +98,9 @@ def test_reproduce_entry_point_runs_train_reproduce():
     run_id = "ab" * 16
     assert shlex.split(entry.compute_command({"run_id": run_id}, storage_dir="/tmp")) == \
         ["python", "-m", "train.reproduce", run_id, "reproduce.allow_mismatch=false"]
+
+
+def test_several_gpus_in_one_param_are_one_run_not_a_sweep():
+    overrides = to_overrides(command(device="0,1")[3:])
+    assert "train.device='0,1'" in overrides
+    assert to_container(compose_config(overrides, checked=False))["train"]["device"] == "0,1"

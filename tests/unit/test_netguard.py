@@ -67,7 +67,8 @@ def test_a_client_env_process_reaches_loopback_only_and_logs_each_refusal(tmp_pa
 
         acceptor = threading.Thread(target=accept, daemon=True)
         acceptor.start()
-        proc = subprocess.run([sys.executable, "-c", PROBE, str(server.getsockname()[1])], cwd=tmp_path,
+        proc = subprocess.run([sys.executable, "-c", PROBE, str(server.getsockname()[1]),
+                               "mlflow.tracking_uri=http://trainer:canary-password@127.0.0.1:5000"], cwd=tmp_path,
                               env=client_env(**{NETGUARD_LOG_ENV: str(log)}), capture_output=True, text=True,
                               timeout=60)
         acceptor.join(5)
@@ -91,6 +92,7 @@ def test_a_client_env_process_reaches_loopback_only_and_logs_each_refusal(tmp_pa
                                       "connect to 192.0.2.1:443", "sendto to 192.0.2.1:53",
                                       "getaddrinfo of 'pypi.org'", "getaddrinfo of 'example.invalid'"]):
         assert f"refused {expected}" in line and "<string>:" in line, line  # what and where
+        assert "canary-password" not in line and "http://***@127.0.0.1:5000" in line  # the command, redacted
 
 
 def test_pip_runs_under_the_guard(tmp_path: Path):
