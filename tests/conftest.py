@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -50,6 +51,31 @@ def no_network(_netguard_session: _NetguardLog) -> Iterator[None]:
     refused = _netguard_session.new_lines()
     if refused:
         pytest.fail(_refused(refused), pytrace=False)
+
+
+# The Docker warm-up of the session (testbed/docker.py), when any collected test needs Docker.
+WARMUP = pytest.StashKey["ImageWarmup"]()
+DOCKER_FIXTURES = {"docker_engine", "registry", "base_image"}
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Tests that need Docker go last, and the image they need is built and pushed meanwhile, in the background:
+    minutes of building, pushing and waiting on the network that the other tests no longer wait behind."""
+    docker = [item for item in items if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    if not docker or config.option.collectonly:
+        return
+    later = set(docker)
+    items[:] = [item for item in items if item not in later] + docker
+    from testbed.docker import ImageWarmup
+
+    warmup = config.stash[WARMUP] = ImageWarmup(Path(tempfile.mkdtemp(prefix="yolov5-mlflow-docker-")))
+    warmup.start()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    warmup = session.config.stash.get(WARMUP, None)
+    if warmup is not None:
+        warmup.close()
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ def _require(ok: bool, template: Path, problem: str) -> None:
 
 
 def check(backend_config: Path) -> Dict[str, Any]:
-    """The backend config, if it and its Job template are what MLflow's Kubernetes backend needs."""
+    """The backend config, if it and its Job template are what MLflow's Kubernetes backend needs; its
+    kube-job-template-path resolved against the backend config's folder."""
     backend = _load_backend_config(backend_config)
     template = Path(backend["kube-job-template-path"])
     if not template.is_absolute():
@@ -56,7 +57,7 @@ def check(backend_config: Path) -> Dict[str, Any]:
              "spec.template.spec.containers must list the training container (MLflow fills in the first)")
     _require(pod.get("restartPolicy") in ("Never", "OnFailure"), template,
              "spec.template.spec.restartPolicy must be Never or OnFailure (a Job's pods cannot use Always)")
-    return backend
+    return {**backend, "kube-job-template-path": str(template)}
 
 
 def main() -> int:

@@ -17,7 +17,9 @@ MASK = "***"
 # user:password@ in a URL (a tracking URI written with its credentials in it).
 # The look-behind anchors the scheme at its start: without it a long run of letters is rescanned from every
 # position (quadratic; a 300 kB line of console output took a minute).
-_URL_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.\-])(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s]+@")
+# An optional backslash before '://': Hydra's sweepers escape ':' in the overrides they hand each trial
+# (`http\://user\:pw@host`), in its tags, its .hydra files and the launcher's console lines.
+_URL_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.\-])(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*\\?://)[^/\s]+@")
 _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY|AUTH", re.I)
 # Shorter values are too likely to be ordinary words ('true', 'admin') that a mask would garble everywhere.
 MIN_SECRET_LENGTH = 6

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("TRAIN_ARGS_SHELL_QUOTED") == "true":  # MLflow's Kubernetes backend quoted each one
         argv = unquote(argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --allow-mismatch before, between or after the rest
     train_argv: List[str] = [f"reproduce.run_id={args.run_id}", *args.overrides]
     if args.allow_mismatch:
         train_argv.append("reproduce.allow_mismatch=true")

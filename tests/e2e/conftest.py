@@ -1,8 +1,4 @@
-"""A real Docker engine and registry, and the project's base image built from its real Dockerfile.
-
-Nothing can be pulled on these machines, so the Dockerfile's BASE_IMAGE (python:3.11-slim-bookworm)
-is swapped, by its build arg and nothing else, for a Debian image made here with debootstrap.
-"""
+"""Fixtures of the end-to-end tests: Docker (testbed/docker.py), PostgreSQL, and the tracking servers' variants."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,73 +16,37 @@ from typing import Dict, Iterator, Tuple
 import pytest
 import yaml
 
-from tests.conftest import (REPO, ManagedTrackingServer, TrackingServer, free_port, start, stop, wait_until_up,
-                            why)
+from testbed.docker import ImageWarmup
+from tests.conftest import WARMUP, REPO, ManagedTrackingServer, TrackingServer, free_port, why
 
-LOCAL_BASE = "yolov5-mlflow-test-base:bookworm"
-# The persistent data root keeps built images between local test sessions; CI machines start empty anyway.
-DOCKER_ROOT = Path(os.environ.get("TEST_DOCKER_ROOT", "/var/lib/yolov5-mlflow-tests/docker"))
-
-
-def _docker_answers() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+@pytest.fixture(scope="session")
+def docker_warmup(request) -> ImageWarmup:
+    """The engine, registry and image the session's warm-up started at collection (tests/conftest.py)."""
+    warmup = request.config.stash.get(WARMUP, None)
+    if warmup is None:  # a Docker fixture asked for indirectly: start it now
+        warmup = request.config.stash[WARMUP] = ImageWarmup(Path(tempfile.mkdtemp(prefix="yolov5-mlflow-docker-")))
+        warmup.start()
+    return warmup
 
 
 @pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory) -> Iterator[None]:
-    """The running engine if there is one, else a dockerd started (and stopped) by the session."""
-    if _docker_answers():
-        yield
-        return
-    if shutil.which("dockerd") is None:
-        pytest.fail("no Docker engine: `make test` installs Debian's docker.io (scripts/install-system-deps.sh)")
-    DOCKER_ROOT.mkdir(parents=True, exist_ok=True)
-    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-    daemon = start(["dockerd", "--data-root", str(DOCKER_ROOT)], dict(os.environ), log)
-    deadline = time.monotonic() + 60
-    while not _docker_answers():
-        if time.monotonic() > deadline or daemon.poll() is not None:
-            stop(daemon)
-            pytest.fail(f"dockerd did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    try:
-        yield
-    finally:
-        stop(daemon)
+def docker_engine(docker_warmup) -> None:
+    """The running engine if there was one, else a dockerd started (and stopped) by the session."""
+    docker_warmup.wait(docker_warmup.engine_up)
 
 
 @pytest.fixture(scope="session")
-def registry(docker_engine, tmp_path_factory) -> Iterator[str]:
-    """A local Docker registry (Debian's docker-registry); 127.0.0.0/8 counts as insecure, so HTTP push works."""
-    workdir = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = workdir / "config.yml"
-    storage = DOCKER_ROOT.parent / "registry"  # beside the engine's images: layers pushed once stay pushed
-    config.write_text(yaml.safe_dump({"version": 0.1, "storage": {"filesystem": {"rootdirectory": str(storage)}},
-                                      "http": {"addr": f"127.0.0.1:{port}"}}))
-    log = workdir / "registry.log"
-    server = start(["docker-registry", "serve", str(config)], dict(os.environ), log)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/v2/", server, log, timeout_s=60)
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop(server)
-
-
-def _has_image(name: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
+def registry(docker_warmup) -> str:
+    """A local Docker registry holding the project's image's layers already (pushed by the warm-up)."""
+    docker_warmup.wait(docker_warmup.pushed)
+    return docker_warmup.registry_url
 
 
 @pytest.fixture(scope="session")
-def base_image(docker_engine) -> str:
+def base_image(docker_warmup) -> str:
     """MLproject's docker_env image, built from the project's Dockerfile over a locally made Debian."""
-    if not _has_image(LOCAL_BASE):
-        subprocess.run([str(REPO / "tests" / "docker" / "make-local-base.sh"), LOCAL_BASE], check=True)
-    image = yaml.safe_load((REPO / "MLproject").read_text())["docker_env"]["image"]
-    build = subprocess.run(["docker", "build", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}", "-t", image, str(REPO)],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    return image
+    docker_warmup.wait(docker_warmup.built)
+    return docker_warmup.image
 
 
 @pytest.fixture(scope="session")

@@ -38,3 +38,11 @@ def test_secret_environment_values_are_redacted(monkeypatch):
 def test_short_secret_values_are_not_masked_everywhere(monkeypatch):
     monkeypatch.setenv("SOME_TOKEN", "true")  # a flag, not a credential: masking 'true' would garble every log
     assert redact("verbose=true") == "verbose=true"
+
+
+def test_urls_as_hydras_sweepers_escape_them_are_redacted_too():
+    escaped = r"mlflow.tracking_uri=http\://trainer\:s3cret-pw@127.0.0.1\:5000"
+    assert redact(escaped) == r"mlflow.tracking_uri=http\://***@127.0.0.1\:5000"
+    from train.redact import without_credentials
+
+    assert without_credentials(escaped) == r"mlflow.tracking_uri=http\://127.0.0.1\:5000"
