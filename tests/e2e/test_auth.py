@@ -125,27 +125,6 @@ def test_the_password_is_in_no_param_tag_or_output(admin_training, auth_tracking
     assert password not in proc.stdout and password not in proc.stderr
 
 
-def test_a_user_created_through_the_api_trains_too(auth_tracking_server, cache_dir, tmp_path, monkeypatch):
-    """The better login for the pods' Secret: a user of its own, not the admin (no grant needed: it creates the
-    experiment, and its creator may manage it)."""
-    uri = auth_tracking_server.uri
-    trainer = ("e2e-trainer", "trainer-password-of-some-length")
-    status, _, body = call(uri, "/api/2.0/mlflow/users/create",
-                           auth_tracking_server.admin, {"username": trainer[0], "password": trainer[1]})
-    assert status == 200, body
-    proc = train_as(auth_tracking_server, trainer, "e2e-auth-trainer", cache_dir, tmp_path)
-    assert proc.returncode == 0, why(proc)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = client_as(monkeypatch, trainer)
-    [run] = client.search_runs([client.get_experiment_by_name("e2e-auth-trainer").experiment_id])
-    assert run.info.status == "FINISHED" and "metrics/mAP_0.5_0.95" in run.data.metrics
-    # The server knows the login as that user, not as an admin.
-    status, _, body = call(uri, "/api/2.0/mlflow/users/current", trainer)
-    assert status == 200, body
-    user = json.loads(body)["user"]
-    assert user["username"] == trainer[0] and user["is_admin"] is False
-
-
 def test_the_kubernetes_pod_logs_in_with_the_secret(auth_tracking_server, base_image, project_copy, registry,
                                                    tmp_path, monkeypatch):
     """`mlflow run --backend kubernetes` with the project's Job template: MLflow passes the pod no login, the
