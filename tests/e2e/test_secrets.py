@@ -241,7 +241,7 @@ def test_a_resumed_run_records_no_credential(reader, planted, canaries, login_ur
     experiment = "e2e-secrets-resume"
     env = client_env(MLFLOW_EXPERIMENT_NAME=experiment, **planted)
     uri = f"mlflow.tracking_uri={login_uri}"
-    first = launch(tmp_path, cache_dir, [*TINY, "train.epochs=2", uri], env)
+    first = launch(tmp_path, cache_dir, [*TINY, "train.epochs=4", uri], env)  # room to stop it mid-training
     run_id = only_run_id(reader, experiment, first)
     wait_for_steps(reader, run_id, 1, first)
     first.send_signal(signal.SIGTERM)
