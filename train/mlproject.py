@@ -32,10 +32,15 @@ PARAMETERS = {
 }
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose every error is one line, `<what>: <message> (<hint>)`: a ConfigError, exit 2 (train.exits)."""
+
+    def __init__(self, *args, what: str, hint: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.what, self.hint = what, hint
+
     def error(self, message: str) -> NoReturn:
-        declared = ", ".join([*PARAMETERS, "overrides", "sweep"])
-        raise ConfigError(f"MLproject parameters: {message} (declared: {declared})")
+        raise ConfigError(f"{self.what}: {message} ({self.hint})")
 
 
 def _number(value: str) -> str:
@@ -56,7 +61,8 @@ def unquote(argv: Sequence[str]) -> List[str]:
 def to_overrides(argv: Sequence[str]) -> List[str]:
     if os.environ.get("TRAIN_ARGS_SHELL_QUOTED") == "true":
         argv = unquote(argv)
-    parser = _OneLineParser(prog="train.mlproject", add_help=False)
+    parser = OneLineParser(prog="train.mlproject", add_help=False, what="MLproject parameters",
+                           hint=f"declared: {', '.join([*PARAMETERS, 'overrides', 'sweep'])}")
     for name in PARAMETERS:
         parser.add_argument(f"--{name}", default="")
     parser.add_argument("--overrides", default="")

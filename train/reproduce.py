@@ -7,22 +7,16 @@ first; the new run is tagged `reproduces=<run id>`. Then each metric is compared
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import List, NoReturn, Sequence
+from typing import List, Sequence
 
 from train.cli import main as train_main
 from train.exits import exit_after
-from train.errors import EXIT_OK, ConfigError
-from train.mlproject import unquote
+from train.errors import EXIT_OK
+from train.mlproject import OneLineParser, unquote
 
 PROG = "python -m train.reproduce"
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{PROG}: {message} (usage: {PROG} <run id> [--allow-mismatch] [overrides])")
 
 
 def _print_differences(tracking_uri: str, original: str, reproduction: str) -> None:
@@ -41,7 +35,8 @@ def _print_differences(tracking_uri: str, original: str, reproduction: str) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], what=PROG,
+                           hint=f"usage: {PROG} <run id> [--allow-mismatch] [overrides]")
     parser.add_argument("run_id", help="the MLflow run to train again")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="train even when today's code or data differ from the run's")

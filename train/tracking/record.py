@@ -75,11 +75,12 @@ def _redacted_copy(source: Path, into: Path) -> Path:
     """`source` placed in `into` under its own name: masked if it is text holding a secret, else linked."""
     into.mkdir(parents=True, exist_ok=True)
     target = into / source.name
-    data = source.read_bytes()
-    masked = redact_bytes(data) if _is_text(data) else data
-    if masked != data:
-        target.write_bytes(masked)
-        return target
+    if _is_text(source):
+        data = source.read_bytes()
+        masked = redact_bytes(data)
+        if masked != data:
+            target.write_bytes(masked)
+            return target
     try:
         os.link(source, target)
     except OSError:  # another filesystem, or links not allowed
@@ -87,12 +88,20 @@ def _redacted_copy(source: Path, into: Path) -> Path:
     return target
 
 
-def _is_text(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+_SNIFF_BYTES = 8192
+
+
+def _is_text(path: Path) -> bool:
+    """UTF-8 without NULs in its first 8 KiB: checkpoints and images are told apart without reading them whole."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if b"\0" in head:
         return False
-    return b"\0" not in data
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return len(head) == _SNIFF_BYTES and error.start >= len(head) - 3  # a character cut at the 8 KiB edge
+    return True
 
 
 def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]):

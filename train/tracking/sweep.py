@@ -119,7 +119,7 @@ class MlflowSweepCallback(Callback):
                                                         for r in failed)})
         status = "FAILED" if failed or not rows else "FINISHED"
         record.set_terminated(status)
-        url = run_url(client.tracking_uri, client.get_run(self.parent_run_id).info)
+        url = run_url(client.tracking_uri, parent.info)
         print(f"MLflow sweep run {self.parent_run_id} ended {status}: {len(rows)} trials, {len(failed)} failed"
               + (f", best trial {best['trial']} ({config.sweep.objective}={best['objective']:.4f})" if best else "")
               + f": {url}")
