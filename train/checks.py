@@ -5,7 +5,6 @@ Each failed rule raises ConfigError with one line naming the key, before any run
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import List
@@ -15,7 +14,9 @@ from omegaconf import DictConfig
 from train.errors import ConfigError
 from train.redact import redact
 
-DATASET_NAMES = ("synthetic", "coco128")
+DATASET_NAMES = ("synthetic", "coco128", "yolo")
+DATA_SCHEMES = ("s3", "http", "https", "runs", "mlflow-artifacts", "file")
+WEIGHTS_SCHEMES = (*DATA_SCHEMES, "models")
 _DEVICE = re.compile(r"^(|cpu|mps|\d+(,\d+)*|cuda:\d+)$")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # The stores MLflow can track to ('' = a local path); a typo would otherwise surface as a stack trace mid-start.
@@ -53,22 +54,18 @@ def validate(cfg: DictConfig) -> None:
 
     _check(model_yaml(cfg.model.cfg).is_file(), "model.cfg",
            f"no such model yaml: {cfg.model.cfg} (a name from yolov5/models/ or an absolute path)")
-    weights = cfg.model.weights
-    if weights:
-        # YOLOv5 looks any relative name up on the Hugging Face hub and GitHub first: never offline-safe.
-        _check(Path(weights).is_absolute(), "model.weights",
-               f"must be '' (train from scratch) or an absolute path to a local .pt file, got {weights!r}")
-        _check(Path(weights).is_file(), "model.weights", f"no such file: {weights}")
-        _check(os.access(weights, os.R_OK), "model.weights", f"not readable by this user: {weights}")
-        with open(weights, "rb") as f:
-            magic = f.read(4)
-        _check(magic == b"PK\x03\x04" or magic[:1] == b"\x80", "model.weights",
-               f"not a PyTorch checkpoint (neither torch.save's zip nor a pickle): {weights}")
+    _check_weights(cfg.model.weights)
 
     d = cfg.data
     _check(d.name in DATASET_NAMES, "data.name", f"must be one of {', '.join(DATASET_NAMES)}, got {d.name!r}")
     if d.root is not None:
         _check(Path(d.root).is_dir(), "data.root", f"no such folder: {d.root}")
+    _check(d.name != "yolo" or bool(d.source), "data.source",
+           "data=yolo needs it: a dataset yaml, a folder holding one, or a zip of one (a local path, s3://, "
+           "http(s)://, runs:/ or mlflow-artifacts:)")
+    _check(d.name == "yolo" or d.source is None, "data.source", f"is for data=yolo, not data={d.name}")
+    if d.source:
+        _check_source(d.source, "data.source", DATA_SCHEMES)
     if d.synthetic is not None:
         s = d.synthetic
         _check(s.train_images >= 1, "data.synthetic.train_images", f"must be >= 1, got {s.train_images}")
@@ -97,6 +94,25 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.sweep.n_jobs >= 1, "sweep.n_jobs", f"must be >= 1, got {cfg.sweep.n_jobs}")
     _check(bool(cfg.mlflow.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
     _check(bool(cfg.mlflow.run_name.strip()), "mlflow.run_name", "must not be empty")
+
+
+def _check_source(uri: str, key: str, schemes: tuple) -> None:
+    """A URI of a scheme train.fetch reads, or a local path that exists (fetching checks the rest)."""
+    from train.fetch import scheme
+
+    kind = scheme(uri)
+    if kind:
+        _check(kind in schemes, key, f"unsupported scheme {kind!r} in {redact(uri)!r} (a local path, or one of: "
+                                     f"{', '.join(s + ':' for s in schemes if s != 'file')})")
+    else:
+        _check(Path(uri).expanduser().exists(), key, f"no such file or folder: {uri}")
+
+
+def _check_weights(weights: str) -> None:
+    from train.model.weights import is_release_name
+
+    if weights and not (is_release_name(weights) and not Path(weights).exists()):
+        _check_source(weights, "model.weights", WEIGHTS_SCHEMES)
 
 
 def cuda_indices(device: str) -> List[int]:

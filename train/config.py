@@ -38,6 +38,9 @@ class DataConfig:
     download_url: Optional[str] = MISSING
     download_timeout_s: float = MISSING
     synthetic: Optional[SyntheticDataConfig] = MISSING
+    # data=yolo: a dataset yaml, a folder holding one, or a zip of one: a local path, s3://, http(s)://,
+    # runs:/ or mlflow-artifacts: (train/data/yolo.py).
+    source: Optional[str] = MISSING
 
 
 @dataclass
@@ -45,7 +48,8 @@ class ModelConfig:
     name: str = MISSING
     # A model yaml shipped in yolov5/models/, or an absolute path to one of your own.
     cfg: str = MISSING
-    # Pretrained weights: '' trains from scratch; otherwise an absolute path to a local .pt file.
+    # Starting weights: '' trains from scratch; else a local path, a YOLOv5 release name (yolov5s.pt), s3://,
+    # http(s)://, runs:/, mlflow-artifacts: or models:/<name>@<alias> (train/model/weights.py).
     weights: str = MISSING
 
 
@@ -144,6 +148,16 @@ class ReproduceConfig:
 
 
 @dataclass
+class FetchConfig:
+    # Where release names (yolov5s.pt) download from; a mirror's URL offline or behind a proxy.
+    release_url: str = MISSING
+    # How long one request to a dataset's or weights' source may take before the run is refused.
+    timeout_s: float = MISSING
+    # Objects of an S3 folder downloaded at once.
+    max_concurrency: int = MISSING
+
+
+@dataclass
 class PathsConfig:
     # Datasets, fonts and other downloads-in-waiting live here, outside the source tree.
     cache_dir: str = MISSING
@@ -159,6 +173,7 @@ class Config:
     hyp: HypConfig = field(default_factory=HypConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 

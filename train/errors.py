@@ -34,6 +34,10 @@ class DatasetError(BadInput):
     """A dataset that is missing, unreachable or malformed."""
 
 
+class SourceError(BadInput):
+    """Something to fetch (a dataset or starting weights) that is missing, unreachable, denied or corrupt."""
+
+
 class TrackingUnavailable(RecipeError):
     """The tracking server or its artifact store cannot be reached."""
 

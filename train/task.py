@@ -24,8 +24,10 @@ from train.config import to_container
 from train.console import ConsoleTee
 from train.data import prepare
 from train.hints import python_command
+from train.fetch import FetchSettings
 from train.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TRAINING_FAILED, BadInput, Outcome, RecipeError
 from train.interrupts import CheckpointSafeInterrupts
+from train.model.weights import StartingWeights
 from train.redact import redact
 from train.tracking.names import sanitize_key
 from train.tracking.sweep import PARENT_RUN_ENV, TRIAL_ENV
@@ -53,8 +55,10 @@ def _run_name(config: Mapping[str, Any], sweep_tags: Mapping[str, str]) -> str:
     return f"{name}-trial{sweep_tags['sweep_trial']}" if sweep_tags else name
 
 
-def _run_tags(config: Mapping[str, Any], device: str, gpu_available: bool) -> Dict[str, str]:
+def _run_tags(config: Mapping[str, Any], device: str, gpu_available: bool,
+              weights: Optional[StartingWeights]) -> Dict[str, str]:
     return {
+        **(weights.tags() if weights else {}),
         **config["mlflow"]["tags"],
         "dataset": config["data"]["name"],
         "weights": config["model"]["weights"] or "none (trained from scratch)",
@@ -101,6 +105,30 @@ class _Prepared:
     tracking_uri: str
     resume_run_id: Optional[str]
     run_name: str
+    weights: Optional[StartingWeights]  # None: from scratch, or a resumption (its checkpoint has the weights)
+
+
+def _sources(config: Mapping[str, Any], tracking_uri: str) -> FetchSettings:
+    def server() -> str:  # runs:/ and models:/ need it even when this run is not tracked
+        from train.tracking.run import resolve_tracking_uri
+
+        return tracking_uri or resolve_tracking_uri(config["mlflow"]["tracking_uri"])
+
+    f = config["fetch"]
+    return FetchSettings(Path(config["paths"]["cache_dir"]), f["timeout_s"], f["max_concurrency"], server)
+
+
+def _starting_weights(config: Mapping[str, Any], sources: FetchSettings, data_yaml: Path) -> StartingWeights:
+    import yaml
+
+    from train.model import weights as starting
+    from train.yolo import model_yaml
+
+    found = starting.locate(config["model"]["weights"], sources, config["fetch"]["release_url"])
+    nc = 1 if config["train"]["single_cls"] else len(yaml.safe_load(data_yaml.read_text())["names"])
+    for note in starting.check(found, model_yaml(config["model"]["cfg"]), nc):
+        print(f"note: {note}")
+    return found
 
 
 def _prepare(cfg: DictConfig, config: Dict[str, Any], out_dir: Path) -> _Prepared:
@@ -120,14 +148,17 @@ def _prepare(cfg: DictConfig, config: Dict[str, Any], out_dir: Path) -> _Prepare
     if resumption or reproduction:
         config = (resumption or reproduction).config  # type: ignore[union-attr]
         validate(OmegaConf.create(config))
-    data_yaml = prepare(OmegaConf.create(config["data"]), Path(config["paths"]["cache_dir"]), out_dir)
+    sources = _sources(config, tracking_uri)
+    data_yaml = prepare(OmegaConf.create(config["data"]), sources, out_dir)
+    weights = _starting_weights(config, sources, data_yaml) if config["model"]["weights"] and not resumption else None
     run_name = _run_name(config, _sweep_tags())
     if reproduction:
         from train.tracking import reproduce
 
         reproduce.check_data(reproduction, data_yaml)
+        reproduce.check_weights(reproduction, weights)
         run_name = reproduction.run_name
-    return _Prepared(config, data_yaml, tracking_uri, resumption.run_id if resumption else None, run_name)
+    return _Prepared(config, data_yaml, tracking_uri, resumption.run_id if resumption else None, run_name, weights)
 
 
 def train_and_track(cfg: DictConfig) -> Outcome:
@@ -150,11 +181,11 @@ def train_and_track(cfg: DictConfig) -> Outcome:
 
         config["train"]["device"] = device_for_trial(HydraConfig.get().job.num, torch.cuda.device_count())
     if not config["mlflow"]["enabled"]:
-        return _train_untracked(config, prepared.data_yaml, out_dir, interrupts)
+        return _train_untracked(config, prepared, out_dir, interrupts)
     return _train_tracked(prepared, out_dir, interrupts)
 
 
-def _train_untracked(config: Mapping[str, Any], data_yaml: Path, out_dir: Path,
+def _train_untracked(config: Mapping[str, Any], prepared: _Prepared, out_dir: Path,
                      interrupts: CheckpointSafeInterrupts) -> Outcome:
     """mlflow.enabled=false: the same training and console log, no MLflow at all (a baseline for bench/)."""
     from train import yolo
@@ -162,7 +193,7 @@ def _train_untracked(config: Mapping[str, Any], data_yaml: Path, out_dir: Path,
     try:
         with ConsoleTee(out_dir / "train.log"):
             try:
-                yolo.train(yolo.build_opt(config, data_yaml, out_dir), interrupts)
+                yolo.train(yolo.build_opt(config, prepared.data_yaml, out_dir, _weights_path(prepared)), interrupts)
             finally:
                 interrupts.training_ended()
     except KeyboardInterrupt:
@@ -172,6 +203,10 @@ def _train_untracked(config: Mapping[str, Any], data_yaml: Path, out_dir: Path,
         _say(f"training failed: {type(error).__name__}: {error}{_failure_hint(error)}")
         return Outcome(EXIT_TRAINING_FAILED)
     return Outcome(EXIT_OK)
+
+
+def _weights_path(prepared: _Prepared) -> str:
+    return str(prepared.weights.path) if prepared.weights else ""
 
 
 def _interrupted() -> Outcome:
@@ -189,14 +224,14 @@ def _train_tracked(prepared: _Prepared, out_dir: Path, interrupts: CheckpointSaf
 
     config = prepared.config
     sweep_tags = _sweep_tags()
-    tags = {**_run_tags(config, yolo.resolve_device(config["train"]["device"]), torch.cuda.is_available()),
-            **sweep_tags}
+    tags = {**_run_tags(config, yolo.resolve_device(config["train"]["device"]), torch.cuda.is_available(),
+                        prepared.weights), **sweep_tags}
     if prepared.resume_run_id:
         tags["resume_overrides"] = tags.pop("hydra_overrides")  # the run's own overrides stay as first recorded
     if config["reproduce"]["run_id"]:
         tags["reproduces"] = config["reproduce"]["run_id"]
     session = Session(config, prepared.data_yaml, out_dir, prepared.tracking_uri, tags, prepared.run_name,
-                      prepared.resume_run_id)
+                      prepared.resume_run_id, prepared.weights)
     try:
         metrics = train_tracked(session, interrupts)
     except RecipeError as error:  # the tracking server gone, or the record incomplete

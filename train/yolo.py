@@ -50,14 +50,17 @@ def _default_opt() -> argparse.Namespace:
         sys.argv = argv
 
 
-def build_opt(config: Mapping[str, Any], data_yaml: Path, out_dir: Path) -> argparse.Namespace:
-    """train.py's options from the resolved config; YOLOv5 writes its run dir to out_dir/yolov5."""
+def build_opt(config: Mapping[str, Any], data_yaml: Path, out_dir: Path, weights: str = "") -> argparse.Namespace:
+    """train.py's options from the resolved config; YOLOv5 writes its run dir to out_dir/yolov5.
+
+    weights: the local checkpoint model.weights resolved to (train.model.weights), '' from scratch: an absolute
+    path, so YOLOv5 never looks the name up on the Hugging Face hub or GitHub."""
     t, m = config["train"], config["model"]
     hyp_yaml = out_dir / "hyp.yaml"
     hyp_yaml.write_text(yaml.safe_dump(dict(config["hyp"]), sort_keys=False))
     opt = _default_opt()
     overrides: Dict[str, Any] = {
-        "weights": m["weights"], "cfg": str(model_yaml(m["cfg"])), "data": str(data_yaml), "hyp": str(hyp_yaml),
+        "weights": weights, "cfg": str(model_yaml(m["cfg"])), "data": str(data_yaml), "hyp": str(hyp_yaml),
         "epochs": t["epochs"], "batch_size": t["batch"], "imgsz": t["imgsz"], "device": t["device"],
         "workers": t["workers"], "seed": t["seed"], "optimizer": t["optimizer"], "cos_lr": t["cos_lr"],
         "label_smoothing": t["label_smoothing"], "patience": t["patience"], "cache": t["cache"], "rect": t["rect"],

@@ -1,22 +1,25 @@
-"""Datasets in coco128 layout, made ready for YOLOv5: `prepare` returns the data yaml to train on."""
+"""Datasets made ready for YOLOv5: `prepare` checks one and returns the data yaml to train on.
+
+synthetic (generated) and coco128 (downloaded) are built in; `yolo` is any YOLOv5 dataset the user
+brings (train.data.yolo), from disk, S3, HTTP or MLflow.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import yaml
 from omegaconf import DictConfig
 
 from train.data import coco128, synthetic
+from train.data import yolo as user_dataset
+from train.data.scan import IMAGE_SUFFIXES, label_path, labels_folder, scan, split_images
 from train.errors import DatasetError
+from train.fetch import FetchSettings
 from train.yolo import yolov5_package_dir
 
-__all__ = ["DatasetError", "prepare"]
-
-# What YOLOv5 reads as images (its IMG_FORMATS), without importing it.
-IMAGE_SUFFIXES = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm")
+__all__ = ["DatasetError", "IMAGE_SUFFIXES", "label_path", "labels_folder", "prepare", "split_images", "dataset_name"]
 
 
 def _coco_names() -> Dict[int, str]:
@@ -24,40 +27,36 @@ def _coco_names() -> Dict[int, str]:
     return yaml.safe_load((yolov5_package_dir() / "data" / "coco128.yaml").read_text())["names"]
 
 
-def _layout(data: DictConfig, datasets_dir: Path) -> Dict[str, object]:
+def _layout(data: DictConfig, sources: FetchSettings) -> Tuple[Dict[str, object], str]:
+    """The YOLOv5 data layout, and the config key that names where it came from (for error lines)."""
+    datasets_dir = sources.cache_dir / "datasets"
+    if data.name == "yolo":
+        return user_dataset.layout(data.source, sources), user_dataset.KEY
     if data.name == "synthetic":
         if data.root is None:
-            spec = synthetic.SyntheticSpec(**data.synthetic)
-            root = synthetic.generate(spec, datasets_dir)
+            root = synthetic.generate(synthetic.SyntheticSpec(**data.synthetic), datasets_dir)
         else:
             root = Path(data.root)
         names = dict(enumerate(synthetic.CLASS_NAMES))
-        return {"path": str(root), "train": "images/train", "val": "images/val", "names": names}
+        return {"path": str(root), "train": "images/train", "val": "images/val", "names": names}, "data.root"
     root = coco128.locate(data.root, data.download_url, data.download_timeout_s, datasets_dir)
     # coco128 has no separate validation split: YOLOv5's own coco128.yaml validates on train2017 too.
-    return {"path": str(root), "train": str(coco128.IMAGES), "val": str(coco128.IMAGES), "names": _coco_names()}
+    return {"path": str(root), "train": str(coco128.IMAGES), "val": str(coco128.IMAGES), "names": _coco_names()}, \
+        "data.root"
 
 
-def labels_folder(images: Path) -> Path:
-    """Where YOLOv5 reads a split's labels: images/<x> -> labels/<x> (its img2label_paths, without importing it)."""
-    return Path(f"{os.sep}labels{os.sep}".join(str(images).rsplit(f"{os.sep}images{os.sep}", 1)))
+def dataset_name(data: DictConfig) -> str:
+    """The name the run's dataset inputs carry: the option's, or for `yolo` the source's last path part."""
+    return user_dataset.dataset_name(data.source) if data.name == "yolo" else data.name
 
 
-def prepare(data: DictConfig, cache_dir: Path, out_dir: Path) -> Path:
-    """Find or make the dataset, and write the YOLOv5 data yaml for it into `out_dir`.
+def prepare(data: DictConfig, sources: FetchSettings, out_dir: Path) -> Path:
+    """Find, fetch or make the dataset, check every split and label, and write the YOLOv5 data yaml into `out_dir`.
 
     The yaml never has a `download:` key, so YOLOv5 itself never reaches for the network.
     """
-    layout = _layout(data, cache_dir / "datasets")
-    for split in ("train", "val"):
-        folder = Path(layout["path"]) / layout[split]  # type: ignore[operator]
-        if not folder.is_dir():
-            raise DatasetError(f"data.root: {layout['path']} has no {layout[split]} folder")
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
-            raise DatasetError(f"data.root: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        labels = labels_folder(folder)
-        if not labels.is_dir() or not any(labels.glob("*.txt")):
-            raise DatasetError(f"data.root: no labels for {folder} (YOLOv5 reads them from {labels}/*.txt)")
+    layout, where = _layout(data, sources)
+    scan(layout, sources.cache_dir, where)  # checks; the digests it caches are what lineage records
     out_dir.mkdir(parents=True, exist_ok=True)
     data_yaml = out_dir / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(layout, sort_keys=False))

@@ -22,7 +22,6 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from train.data import IMAGE_SUFFIXES
 from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, OUTPUT_DTYPES, YoloDetector
 
 TRAIN_PACKAGE = Path(__file__).resolve().parent.parent
@@ -75,8 +74,10 @@ def detector_signature(conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float 
 
 def example_image(data_yaml: Path) -> Path:
     """The first image of the validation split of a YOLOv5 data yaml (as train.data.prepare writes it)."""
+    from train.data import split_images
+
     layout = yaml.safe_load(Path(data_yaml).read_text())
-    return min(p for p in (Path(layout["path"]) / layout["val"]).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return split_images(Path(layout["path"]), layout["val"], "data")[0]
 
 
 def _model_code(folder: Path) -> Path:

@@ -10,22 +10,21 @@ installed package list.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import os
 import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 import yaml
 
 if TYPE_CHECKING:
+    from train.model.weights import StartingWeights
     from train.tracking.record import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
-DIGEST_LENGTH = 16  # hex characters, as MLflow's own dataset digests
 
 
 def _git(*args: str) -> Optional[str]:
@@ -60,35 +59,32 @@ def code_version() -> Optional[CodeVersion]:
                        bool(status.strip()), diff)
 
 
-def content_digest(files: List[Path], root: Path) -> str:
-    """Over every file's path (relative to `root`) and bytes, in a fixed order."""
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()[:DIGEST_LENGTH]
-
-
-def split_files(images: Path) -> List[Path]:
-    """A split's images and the labels YOLOv5 pairs with them (images/<x> -> labels/<x>)."""
-    from train.data import labels_folder
-
-    labels = labels_folder(images)
-    return [p for p in images.iterdir() if p.is_file()] + (
-        [p for p in labels.iterdir() if p.suffix == ".txt"] if labels.is_dir() else [])
-
-
 @functools.lru_cache(maxsize=None)
-def dataset_digests(data_yaml: Path) -> Dict[str, str]:
-    """{'training': digest, 'validation': digest} of a data yaml (train.data.prepare's); they read every byte,
-    so once per process: a reproduction checks them before its run records them."""
-    layout = yaml.safe_load(data_yaml.read_text())
-    root = Path(str(layout["path"]))
-    return {context: content_digest(split_files(root / str(layout[split])), root)
-            for context, split in (("training", "train"), ("validation", "val"))}
+def dataset_digests(data_yaml: Path, cache_dir: Path) -> Dict[str, str]:
+    """{context: digest} of each split of a data yaml (train.data.prepare's), from the scan cache that
+    train.data.prepare filled: a reproduction checks them before its run records them."""
+    from train.data.scan import scan
+
+    return scan(yaml.safe_load(data_yaml.read_text()), cache_dir, "data")
+
+
+class ArtifactUriSource:
+    """A dataset source that is only its URI (runs:/..., mlflow-artifacts:/..., models:/...), for MetaDataset."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "mlflow_artifact"
+
+    def to_dict(self) -> Dict[str, str]:
+        return {"uri": self.uri}
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict())
 
 
 # The server adds a dataset to an experiment by looking for it, then inserting it, in one transaction that
@@ -103,14 +99,25 @@ def _lost_dataset_race(error: Exception) -> bool:
     return "unique constraint" in text and "dataset" in text
 
 
+def _dataset_source(uri: str):
+    """MLflow's source for a local path, s3:// or http(s)://; for runs:/, mlflow-artifacts: and models:/, which
+    MLflow has no dataset source for, the URI as recorded."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return resolve_dataset_source(uri)
+    except MlflowException:
+        return ArtifactUriSource(uri)
+
+
 def log_datasets(name: str, source: str, digests: Dict[str, str]) -> None:
     """Each split (context -> digest) a dataset input of the active run, in one request."""
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.exceptions import MlflowException
 
-    datasets = [MetaDataset(resolve_dataset_source(source), name=name, digest=digest) for digest in digests.values()]
+    datasets = [MetaDataset(_dataset_source(source), name=name, digest=digest) for digest in digests.values()]
     for attempt in range(1, DATASET_RACE_ATTEMPTS + 1):
         try:
             mlflow.log_inputs(datasets=datasets, contexts=list(digests), tags_list=[None] * len(datasets))
@@ -118,6 +125,14 @@ def log_datasets(name: str, source: str, digests: Dict[str, str]) -> None:
         except MlflowException as error:
             if attempt == DATASET_RACE_ATTEMPTS or not _lost_dataset_race(error):
                 raise
+
+
+def _log_model_input(model_id: str) -> None:
+    """MLflow 3 shows the logged model this run started from among its inputs (and the run among the model's)."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    mlflow.log_inputs(models=[LoggedModelInput(model_id)])
 
 
 def environment_tags() -> Dict[str, str]:
@@ -144,18 +159,33 @@ def installed_packages() -> str:
     return "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
 
 
-def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path) -> None:
-    """Tags, dataset inputs and artifacts of the active run (`run`)."""
+def dataset_source(config: Mapping[str, Any], data_yaml: Path) -> str:
+    """Where the data came from, as the user gave it: never a cache path."""
+    data = config["data"]
+    if data["name"] == "yolo":
+        return data["source"]
+    if data["name"] == "coco128" and data["root"] is None:
+        return data["download_url"]
+    return str(yaml.safe_load(data_yaml.read_text())["path"])
+
+
+def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path,
+           weights: Optional["StartingWeights"] = None) -> None:
+    """Tags, dataset inputs and artifacts of the active run (`run`); the starting weights' logged model as an input
+    (their tags are the run's own, set when it was created)."""
+    from omegaconf import OmegaConf
+
+    from train.data import dataset_name
     from train.redact import redact
 
     code = code_version()
     run.set_tags({**(code.tags() if code else {}), **environment_tags()})
     if code and code.dirty:
         run.log_text(code.diff, "code/git-diff.patch")
-    data = config["data"]
-    local = str(yaml.safe_load(data_yaml.read_text())["path"])
-    source = data["download_url"] if data["name"] == "coco128" and data["root"] is None else local
-    log_datasets(data["name"], redact(source), dataset_digests(data_yaml))
+    log_datasets(dataset_name(OmegaConf.create(config["data"])), redact(dataset_source(config, data_yaml)),
+                 dataset_digests(data_yaml, Path(config["paths"]["cache_dir"])))
+    if weights and weights.link.get("model_id"):
+        _log_model_input(weights.link["model_id"])
     run.log_text(installed_packages(), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -18,6 +18,9 @@ from train.errors import ConfigError
 from train.tracking import lineage
 from train.redact import redact
 from train.tracking.resume import LOCAL_KEYS, check_overrides, merged, recorded_config
+
+if TYPE_CHECKING:
+    from train.model.weights import StartingWeights
 
 # Besides this machine's keys, a reproduction names itself and says what it reproduces.
 KEEP = (*LOCAL_KEYS, "reproduce", "mlflow.run_name")
@@ -28,6 +31,7 @@ class Reproduction:
     run_id: str
     config: Dict[str, Any]
     digests: Dict[str, str]  # context -> the original's dataset digest
+    weights_sha256: str  # of the original's starting weights; '' when it trained from scratch
     allow_mismatch: bool
     run_name: str  # the new run's: reproduce-<the original's name>
 
@@ -69,17 +73,25 @@ def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str])
     _check_code(client, run, allowed)
     digests = {tag.value: item.dataset.digest for item in run.inputs.dataset_inputs for tag in item.tags
                if tag.key == "mlflow.data.context"}
-    return Reproduction(run_id, merged(config, recorded_config(client, run_id), overrides, KEEP), digests, allowed,
-                        f"reproduce-{run.info.run_name}")
+    return Reproduction(run_id, merged(config, recorded_config(client, run_id), overrides, KEEP), digests,
+                        run.data.tags.get("weights.sha256", ""), allowed, f"reproduce-{run.info.run_name}")
 
 
 def check_data(reproduction: Reproduction, data_yaml: Path) -> None:
-    now = lineage.dataset_digests(data_yaml)
+    now = lineage.dataset_digests(data_yaml, Path(reproduction.config["paths"]["cache_dir"]))
     for context, digest in reproduction.digests.items():
         if now.get(context) != digest:
             _refuse_unless(reproduction.allow_mismatch,
                            f"data: the {context} split's content digest is {now.get(context)}, "
                            f"run {reproduction.run_id} trained on {digest}")
+
+
+def check_weights(reproduction: Reproduction, weights: Optional["StartingWeights"]) -> None:
+    now = weights.sha256 if weights else ""
+    if reproduction.weights_sha256 and now != reproduction.weights_sha256:
+        _refuse_unless(reproduction.allow_mismatch,
+                       f"model.weights: {weights.uri if weights else 'none'} is sha256 {now[:12] or '-'}, run "
+                       f"{reproduction.run_id} started from {reproduction.weights_sha256[:12]}")
 
 
 def metric_differences(client: MlflowClient, original: str, reproduction: str) -> List[Tuple[str, float, float, float]]:

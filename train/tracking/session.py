@@ -19,6 +19,7 @@ from train.console import ConsoleTee
 from train.errors import RecordIncomplete
 from train.hints import python_command
 from train.interrupts import CheckpointSafeInterrupts
+from train.model.weights import StartingWeights
 from train.redact import redact, without_credentials
 from train.tracking import lineage, resume
 from train.tracking.hooks import MlflowHooks
@@ -40,6 +41,7 @@ class Session:
     tags: Dict[str, str]  # the run's own tags (data, device, overrides, sweep nesting, ...)
     run_name: str
     resume_run_id: Optional[str] = None
+    weights: Optional[StartingWeights] = None  # the starting checkpoint, fetched and checked
     run_id: str = ""
     last_metrics: Dict[str, float] = field(default_factory=dict)
 
@@ -64,7 +66,8 @@ def train_tracked(session: Session, interrupts: CheckpointSafeInterrupts) -> Dic
                     run_id) as run:
         session.run_id = run.info.run_id
         record = RunRecord(mlflow.MlflowClient(), session.run_id)
-        opt = yolo.build_opt(config, session.data_yaml, session.out_dir)  # inside the run: failures are recorded
+        weights_path = str(session.weights.path) if session.weights else ""
+        opt = yolo.build_opt(config, session.data_yaml, session.out_dir, weights_path)  # inside the run: failures are recorded
         if session.resume_run_id:
             checkpoint = resume.fetch(session.tracking_uri, session.run_id, session.save_dir, session.log_path)
             record.set_tags({"resumed_at_epoch": str(yolo.continue_from(opt, checkpoint))})
@@ -104,7 +107,7 @@ def _record_start(record: RunRecord, config: Mapping[str, Any], session: Session
     # params are write-once, so those stay as given; the dotted keys hold the resolved values.
     logged = record.client.get_run(session.run_id).data.params
     record.log_params({k: v for k, v in all_params(config).items() if k not in logged})
-    lineage.record(record, config, session.data_yaml)
+    lineage.record(record, config, session.data_yaml, session.weights)
 
 
 def _finish_record(spool: MetricSpool, record: RunRecord, session: Session, timeout_s: float,

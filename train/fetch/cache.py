@@ -1,0 +1,67 @@
+"""The download cache: one folder per identity of the content at its source, complete or absent.
+
+A copy is built in a staging folder and renamed into place only when whole, so an interrupted
+download leaves nothing that looks complete; processes that want the same copy at the same moment
+(the parallel trials of a sweep) take a lock on it, and all but the first find it done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+# Staging folders a killed process left behind are removed once they are this old (a download still
+# running in another process renews nothing, so this is far longer than any download).
+STALE_STAGING_S = 24 * 3600
+
+
+def key(identity: str) -> str:
+    """A folder name for an identity (which holds no credential: see train.fetch)."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    for leftover in folder.glob(".staging-*"):
+        try:
+            if time.time() - leftover.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+def once(folder: Path, identity: str, build: Callable[[Path], None]) -> Path:
+    """The cached folder for `identity` under `folder`; `build(staging)` fills it the first time only."""
+    final = folder / key(identity)
+    if final.is_dir():
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / f"{final.name}.lock"):
+        if final.is_dir():  # another process built it while this one waited
+            return final
+        _remove_stale_staging(folder)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        try:
+            build(staging)
+            (staging / ".identity").write_text(identity + "\n")
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return final
