@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -103,6 +104,52 @@ def tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[TrackingServer]:
     yield from start_tracking_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3_endpoint)
 
 
+DATA_BUCKET = "datasets"
+
+
+@dataclass
+class TeamS3:
+    """The team's own S3 (MinIO in the cluster): datasets and weights live there, apart from MLflow's artifacts.
+
+    A moto server of its own, so its access log holds only the requests for the team's data: a test counts
+    the downloads the recipe made at the server, not in anything the recipe says about itself."""
+
+    endpoint: str
+    log: Path
+
+    def client(self):
+        import boto3
+
+        from testbed.servers import boto_credentials
+
+        return boto3.client("s3", endpoint_url=self.endpoint, **boto_credentials())
+
+    def env(self) -> Dict[str, str]:
+        """What a training process (or the minio-credentials Secret) gives to read from it."""
+        return {**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+
+    def upload_folder(self, folder: Path, prefix: str) -> int:
+        client = self.client()
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+        for path in files:
+            client.upload_file(str(path), DATA_BUCKET, f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}")
+        return len(files)
+
+    def object_downloads(self, key_prefix: str) -> int:
+        """GET requests for objects under `key_prefix` (not listings) the server has answered so far."""
+        marker = f'"GET /{DATA_BUCKET}/{key_prefix}'
+        return sum(1 for line in self.log.read_text().splitlines() if marker in line and "?" not in line.split('"')[1])
+
+
+@pytest.fixture(scope="session")
+def team_s3(tmp_path_factory) -> Iterator[TeamS3]:
+    workdir = tmp_path_factory.mktemp("team-s3")
+    with s3_server(workdir) as endpoint:
+        server = TeamS3(endpoint, workdir / "moto.log")
+        server.client().create_bucket(Bucket=DATA_BUCKET)
+        yield server
+
+
 # Small and fast: a couple of seconds per epoch on two CPU cores (conf/debug/tiny.yaml).
 TINY = ["debug=tiny"]
 
@@ -134,3 +181,31 @@ def why(proc: subprocess.CompletedProcess, tail: int = 3000) -> str:
 def train(tmp_path, cache_dir):
     """train(*overrides, env=...) -> CompletedProcess, run in this test's tmp_path."""
     return lambda *overrides, **kw: train_cli(tmp_path, cache_dir, list(overrides), **kw)
+
+
+def yolo_dataset(where: Path, seed: int = 11, train_images: int = 32, val_images: int = 16) -> Path:
+    """A user's own YOLOv5 dataset: images/, labels/ and a data.yaml naming its classes (the synthetic shapes)."""
+    import shutil
+
+    import yaml
+
+    from train.data.synthetic import CLASS_NAMES, SyntheticSpec, generate
+
+    made = generate(SyntheticSpec(train_images=train_images, val_images=val_images, image_size=64, seed=seed), where)
+    root = where / "widgets"
+    shutil.move(str(made), str(root))
+    (root / "dataset.json").unlink(missing_ok=True)
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val",
+                                                    "names": list(CLASS_NAMES)}))
+    return root
+
+
+def zipped(folder: Path, archive: Path) -> Path:
+    """`folder`'s files at the top of a zip archive."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return archive

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from typing import List, NoReturn, Sequence
 
 from train.cli import main as train_main
+from train.config import CONF_DIR
 from train.exits import exit_after
 from train.errors import ConfigError
 
@@ -28,8 +30,11 @@ PARAMETERS = {
     "imgsz": "train.imgsz",
     "model": "model",
     "data": "data",
+    "weights": "model.weights",
     "device": "train.device",
 }
+# What Hydra reads unquoted in a value; anything else (a URL's '?', '=', '&', a space) is quoted.
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_./:@+\-]*$")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,9 +54,19 @@ def _number(value: str) -> str:
 
 
 def _value(value: str) -> str:
-    """A parameter's value as one Hydra value: `-P device=0,1` is two GPUs for one run, never a sweep."""
+    """A parameter's value as one Hydra value: `-P device=0,1` is two GPUs for one run, never a sweep; a URL
+    with a query string is one string."""
     value = _number(value)
-    return f"'{value}'" if "," in value and not value.startswith(("'", '"', "[")) else value
+    if _PLAIN_VALUE.match(value) or value.startswith(("'", '"', "[")):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _data_option(value: str) -> List[str]:
+    """-P data=<a data option (synthetic, coco128, yolo)> or <where a YOLOv5 dataset is>: data=yolo data.source=..."""
+    if (CONF_DIR / "data" / f"{value}.yaml").is_file():
+        return [f"data={value}"]
+    return ["data=yolo", f"data.source={_value(value)}"]
 
 
 def unquote(argv: Sequence[str]) -> List[str]:
@@ -73,7 +88,11 @@ def to_overrides(argv: Sequence[str]) -> List[str]:
             return ["--multirun", *shlex.split(args.sweep)]
         except ValueError as exc:
             parser.error(f"sweep: {exc}")
-    overrides = [f"{key}={_value(getattr(args, name))}" for name, key in PARAMETERS.items() if getattr(args, name)]
+    overrides = []
+    for name, key in PARAMETERS.items():
+        value = getattr(args, name)
+        if value:
+            overrides += _data_option(value) if name == "data" else [f"{key}={_value(value)}"]
     try:
         extra = shlex.split(args.overrides)
     except ValueError as exc:
