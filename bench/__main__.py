@@ -1,8 +1,9 @@
 """`python -m bench` (`make bench`): every CPU benchmark, written to bench/results/results.{json,md}.
 
-Settings are small (about 13 minutes on a 2-core machine, most of it the five pairs of 100-epoch runs that
-figures 1, 4 and 6 share); every figure is a ratio (or a latency) measured side by side, never a lone absolute
-time. The GPU benchmark is `python -m bench.gpu` (it skips without CUDA).
+Settings are small (about 19 minutes on a 2-core machine, most of it the five pairs of 100-epoch runs that
+figures 1, 4 and 6 share and the 1 GB dataset that figure 9 fetches from S3 six times); every figure is a ratio
+(or a latency) measured side by side, never a lone absolute time. The GPU benchmark is `python -m bench.gpu`
+(it skips without CUDA); figures 9 and 10 alone are `python -m bench.fetch`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from statistics import median
 from typing import Any, Dict
 
 from bench.artifacts import artifact_path, direct_throughput_mb_s
+from bench.fetch import dataset_digest, dataset_fetch
 from bench.harness import datasets, servers
 from bench.report import markdown
 from bench.server import round_trip
@@ -27,10 +29,12 @@ from bench.wrapper import wrapper_overhead
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WRAPPER_EPOCHS = 5
+DATASET_REPEATS = 3  # figures 9 and 10: a 1 GB fetch takes about a minute a side, so fewer than --pairs
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's "View run" lines, per run
 
 
-def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Settings) -> Dict[str, Any]:
+def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Settings,
+            fetch_mb: int = 1000) -> Dict[str, Any]:
     started = time.monotonic()
     data = datasets(workdir / "data", image_size=settings.imgsz)
     results: Dict[str, Any] = {
@@ -39,7 +43,8 @@ def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Sett
         "settings": {"pairs": pairs, "epochs": epochs, "tiers": list(tiers), "wrapper_epochs": WRAPPER_EPOCHS,
                      "imgsz": settings.imgsz,
                      "batch": settings.batch, "images": "32 training + 8 validation (3 classes); 128 in coco128's "
-                     "layout, validated on all of them (80 classes)", "model": "yolov5n", "device": "cpu"},
+                     "layout, validated on all of them (80 classes)", "model": "yolov5n", "device": "cpu",
+                     "fetch_MB": fetch_mb, "dataset_repeats": DATASET_REPEATS},
     }
     with servers(workdir / "servers") as server:
         runs = TrackedRuns(server, workdir / "runs", data)
@@ -68,6 +73,9 @@ def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Sett
                                                        WRAPPER_EPOCHS, pairs).summary()
         results["artifact_path"] = artifact_path(server, workdir / "payloads", pairs=pairs)
         results["server_round_trip"] = round_trip(server, workdir / "four-workers", pairs)
+    # After the servers stop: figure 9 starts an S3 server of its own, which holds the dataset in memory.
+    results["dataset_fetch"] = dataset_fetch(workdir / "fetch", fetch_mb, DATASET_REPEATS)
+    results["dataset_digest"] = dataset_digest(workdir / "digest", repeats=DATASET_REPEATS)
     results["total_minutes"] = round((time.monotonic() - started) / 60, 1)
     return results
 
@@ -80,13 +88,14 @@ def main() -> None:
                         help="epochs of the scaling figure (6); the runs train the largest")
     parser.add_argument("--imgsz", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--fetch-mb", type=int, default=1000, help="size of figure 9's dataset, MiB")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.epochs > max(args.tiers):
         parser.error(f"--epochs {args.epochs} is more than the runs train (the largest of --tiers)")
     with tempfile.TemporaryDirectory(prefix="yolov5-mlflow-bench-") as tmp:
         results = run_all(Path(tmp), args.pairs, args.epochs, tuple(sorted(args.tiers)),
-                          Settings(imgsz=args.imgsz, batch=args.batch))
+                          Settings(imgsz=args.imgsz, batch=args.batch), args.fetch_mb)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "results.md").write_text(markdown(results))

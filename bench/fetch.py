@@ -32,7 +32,7 @@ from typing import Dict, Iterator, List, Tuple
 import boto3
 
 from bench.harness import interleaved
-from bench.report import dataset_rows, TABLE_HEADER
+from bench.report import TABLE_HEADER, dataset_rows
 from testbed.servers import BUCKET, S3_CREDENTIALS, boto_credentials, s3_server
 from train.data.scan import scan
 from train.fetch import FetchSettings, fetch

@@ -23,7 +23,9 @@ def markdown(results: Dict[str, Any]) -> str:
         f"yolov5n from scratch on synthetic images ({s['images']}) at {s['imgsz']} px, batch {s['batch']}, no "
         f"plots; {s['pairs']} interleaved A/B pairs per figure, medians; {results.get('total_minutes', '?')} "
         f"minutes in all. Figures 1, 4 and 6 (epochs) share one set of {max(s['tiers'])}-epoch pairs: a run "
-        "stopped after E epochs is timed as its start and first E epochs, as measured, plus its end.",
+        "stopped after E epochs is timed as its start and first E epochs, as measured, plus its end."
+        + (f" Figures 9 and 10: {s['dataset_repeats']} interleaved repetitions a side." if "dataset_repeats" in s
+           else ""),
         "",
         *TABLE_HEADER,
     ]

@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from testbed.servers import (BUCKET, REPO, S3_CREDENTIALS, ManagedTrackingServer, TrackingServer,  # noqa: F401
+from testbed.servers import (BIN, BUCKET, REPO, S3_CREDENTIALS, ManagedTrackingServer, TrackingServer,  # noqa: F401
                            client_env, free_port, netguard_log, s3_server, start, stop, wait_until_up)
 
 

@@ -10,11 +10,15 @@ images it never saw.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -155,3 +159,66 @@ def test_champion_finds_the_shapes_in_a_fresh_process(registered, tracking_serve
             found, missed = found + hit, missed + (not hit)
     print(f"champion: {found} of {found + missed} shapes found (IoU >= {MIN_IOU}, right class)")
     assert found / (found + missed) >= MIN_RECALL
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_the_champion_keeps_its_accuracy_and_links_back_to_it(registered, tracking_server,
+                                                                               cache_dir, tmp_path):
+    """Run B starts from models:/<name>@champion (the recipe run A's model, version 2) on A's data, with the
+    fine-tuning preset: after one epoch it is nearly as good as A at its best, and its record leads back to A."""
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME=f"{EXPERIMENT}-finetune")
+    proc = train_cli(tmp_path, cache_dir, [f"model.weights=models:/{NAME}@champion", "hyp=finetune",
+                                           "train.epochs=1", "train.workers=0"], env=env)
+    assert proc.returncode == 0, why(proc)
+    client = tracking_server.client()
+    [b] = client.search_runs([client.get_experiment_by_name(f"{EXPERIMENT}-finetune").experiment_id])
+    a_best = max(m.value for m in client.get_metric_history(registered["strong"], "metrics/mAP_0.5"))
+    [b_first] = [m.value for m in client.get_metric_history(b.info.run_id, "metrics/mAP_0.5") if m.step == 0]
+    print(f"fine-tuning: A's best mAP_0.5 {a_best:.3f}, B's after its first epoch {b_first:.3f}")
+    assert b_first >= 0.8 * a_best
+
+    tags = b.data.tags
+    version = client.get_model_version(NAME, "2")
+    assert tags["weights"] == f"models:/{NAME}@champion"
+    assert (tags["weights.model_name"], tags["weights.model_version"]) == (NAME, "2")
+    assert tags["weights.run_id"] == registered["strong"] == version.run_id
+    local = client.download_artifacts(registered["strong"], "training-output/weights/best.pt", str(tmp_path))
+    assert tags["weights.sha256"] == hashlib.sha256(Path(local).read_bytes()).hexdigest()
+    # MLflow 3 lists the logged model among B's inputs: the UI walks from B to A's model, and on to A's data.
+    assert [m.model_id for m in b.inputs.model_inputs] == [version.model_id]
+
+
+class _Releases(http.server.SimpleHTTPRequestHandler):
+    requests: List[str] = []
+
+    def log_message(self, *args) -> None:
+        _Releases.requests.append(self.path)
+
+
+@pytest.mark.slow
+def test_a_release_name_downloads_once_from_the_release_url(recipe_run, tracking_server, tmp_path):
+    """model.weights=yolov5n.pt from fetch.release_url (a local HTTP server standing in for GitHub's releases),
+    once: the second run finds it in the cache and makes no request."""
+    release = tmp_path / "v7.0"
+    release.mkdir()
+    tracking_server.client().download_artifacts(recipe_run.info.run_id, "training-output/weights/best.pt",
+                                                str(tmp_path))
+    (tmp_path / "best.pt").rename(release / "yolov5n.pt")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Releases, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v7.0"
+    env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME=f"{EXPERIMENT}-release",
+                     YOLOV5_RELEASE_URL=url)
+    try:
+        for _ in range(2):
+            proc = train_cli(tmp_path, tmp_path / "cache", [*TINY, "train.epochs=1", "model.weights=yolov5n.pt",
+                                                            "hyp=finetune"], env=env)
+            assert proc.returncode == 0, why(proc)
+    finally:
+        server.shutdown()
+    assert [r for r in _Releases.requests if "yolov5n.pt" in r] == ["/v7.0/yolov5n.pt"]
+    client = tracking_server.client()
+    runs = client.search_runs([client.get_experiment_by_name(f"{EXPERIMENT}-release").experiment_id])
+    sha = hashlib.sha256((release / "yolov5n.pt").read_bytes()).hexdigest()
+    assert {(r.data.tags["weights"], r.data.tags["weights.sha256"], r.info.status) for r in runs} == {
+        ("yolov5n.pt", sha, "FINISHED")}

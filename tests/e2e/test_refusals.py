@@ -9,6 +9,7 @@ timed against its startup budget (mlflow.startup_timeout_s).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -22,7 +23,8 @@ from typing import Dict, Iterator, Optional, Tuple
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY, ManagedTrackingServer, client_env, why
+from tests.conftest import (BIN, REPO, TINY, ManagedTrackingServer, client_env, free_port, start, stop,
+                            wait_until_up, why, yolo_dataset)
 from train.data.synthetic import SyntheticSpec, generate
 
 BAD_INPUT = 2
@@ -68,6 +70,11 @@ def mlproject(**params: str) -> Tuple[str, ...]:
     return tuple(argv[2:])  # after `python -m`
 
 
+S3_ENV_TEAM = (("MLFLOW_S3_ENDPOINT_URL", "{team_s3}"), ("AWS_ACCESS_KEY_ID", "testing-key"),
+             ("AWS_SECRET_ACCESS_KEY", "testing-secret"), ("AWS_DEFAULT_REGION", "us-east-1"))
+S3_ENV_DENYING = (("MLFLOW_S3_ENDPOINT_URL", "{denying_s3}"), ("AWS_ACCESS_KEY_ID", "testing-key"),
+             ("AWS_SECRET_ACCESS_KEY", "testing-secret"), ("AWS_DEFAULT_REGION", "us-east-1"))
+
 ROWS = [
     Row("train.epochs=abc", train("train.epochs=abc"), "error: train.epochs: Value 'abc' of type 'str'"),
     Row("train.epochs=-1", train("train.epochs=-1"), "error: train.epochs: must be >= 1"),
@@ -93,12 +100,46 @@ ROWS = [
     Row("-P foo=bar", mlproject(foo="bar"), "error: MLproject parameters: unrecognized arguments: --foo bar"),
     Row("-P overrides=train.batch=8", mlproject(overrides="train.batch=8"),
         "error: MLproject parameters: overrides sets train.batch, which has its own parameter"),
-    Row("model.weights=yolov5s.pt", train("model.weights=yolov5s.pt"),
-        "error: model.weights: must be '' (train from scratch) or an absolute path"),
+    Row("model.weights=yolov5s.pt (offline, not downloaded yet)",
+        train("model.weights=yolov5s.pt", "fetch.release_url={closed_url}/v7.0"),
+        "error: model.weights: {closed_url}/v7.0/yolov5s.pt: cannot download it (",
+        env=(("YOLOV5_MLFLOW_CACHE", "{empty_cache}"),)),
     Row("model.weights=/nonexistent/best.pt", train("model.weights=/nonexistent/best.pt"),
-        "error: model.weights: no such file"),
+        "error: model.weights: no such file or folder: /nonexistent/best.pt", whole=True),
     Row("model.weights=<a file that is not a checkpoint>", train("model.weights={not_a_checkpoint}"),
         "error: model.weights: not a PyTorch checkpoint"),
+    Row("model.weights=gs://bucket/best.pt", train("model.weights=gs://bucket/best.pt"),
+        "error: model.weights: unsupported scheme 'gs'"),
+    Row("model.weights=<a yolov5n checkpoint> model=yolov5s", train("model.weights={yolov5n_checkpoint}",
+                                                                    "model=yolov5s"),
+        "error: model.weights: its layers do not fit model.cfg=yolov5s.yaml (only "),
+    Row("model.weights=models:/<no such model>@champion", train("model.weights=models:/no-such-model@champion"),
+        "error: model.weights: models:/no-such-model@champion: cannot read it from http://"),
+    Row("data=yolo (no data.source)", train("data=yolo"), "error: data.source: data=yolo needs it"),
+    Row("data.source=/nonexistent/data.yaml", train("data=yolo", "data.source=/nonexistent/data.yaml"),
+        "error: data.source: no such file or folder: /nonexistent/data.yaml", whole=True),
+    Row("data.source=s3://<no such bucket>/sets/", train("data=yolo", "data.source=s3://no-such-bucket/sets/"),
+        "error: data.source: s3://no-such-bucket/sets/: no bucket 'no-such-bucket' at http://",
+        env=S3_ENV_TEAM),
+    Row("data.source=s3://... (access denied)", train("data=yolo", "data.source=s3://datasets/sets/"),
+        "error: data.source: s3://datasets/sets/: access denied at http://", env=S3_ENV_DENYING),
+    Row("data.source=http://<nothing listening>/data.zip", train("data=yolo", "data.source={closed_url}/data.zip"),
+        "error: data.source: {closed_url}/data.zip: cannot download it ("),
+    Row("data.source=runs:/<no such run>/data", train("data=yolo",
+                                                      "data.source=runs:/0123456789abcdef0123456789abcdef/data"),
+        "error: data.source: runs:/0123456789abcdef0123456789abcdef/data: no run 0123456789abcdef0123456789abcdef at "),
+    Row("data.source=<a corrupt zip>", train("data=yolo", "data.source={corrupt_zip}"),
+        "error: data.source: not a readable zip archive ("),
+    Row("data.source=<a yaml without names>", train("data=yolo", "data.source={no_names}"),
+        "error: data.source: the dataset yaml has no names (a list or a map of class names) and no nc", whole=True),
+    Row("data.source=<nc: 5 with 3 names>", train("data=yolo", "data.source={nc_mismatch}"),
+        "error: data.source: nc is 5, but names lists 3 classes", whole=True),
+    Row("data.source=<a split without images>", train("data=yolo", "data.source={empty_split}"),
+        "error: data.source: the val split (images/val) holds no images ("),
+    Row("data.source=<a malformed label line>", train("data=yolo", "data.source={malformed_label}"),
+        "error: data.source: labels/train/train_00000.txt line 1: expected 'class x_center y_center width height'"),
+    Row("data.source=<a label of class 7 with 3 classes>", train("data=yolo", "data.source={class_out_of_range}"),
+        "error: data.source: labels/train/train_00000.txt line 1: class 7, but the dataset has 3 classes (0-2): "),
     Row("data.root=/nonexistent", train("data.root=/nonexistent"), "error: data.root: no such folder"),
     Row("data.root=<a folder without images>", train("data.root={no_images}"), "error: data.root: "),
     Row("data.root=<images without labels>", train("data.root={no_labels}"), "error: data.root: no labels for"),
@@ -171,7 +212,63 @@ def finished_run(tracking_server) -> str:
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory, silent_url, bad_s3_server, finished_run) -> Dict[str, str]:
+def denying_s3(tmp_path_factory) -> Iterator[str]:
+    """An S3 server that checks every request's credentials (moto's IAM enforcement, no user known): access denied."""
+    workdir = tmp_path_factory.mktemp("denying-s3")
+    port = free_port()
+    server = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                   {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, workdir / "moto.log")
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/moto-api/", server, workdir / "moto.log")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(server)
+
+
+def _own_datasets(root: Path) -> Dict[str, str]:
+    """A user's dataset, and each way it can be wrong."""
+    base = yolo_dataset(root / "base")
+
+    def variant(name: str, change) -> str:
+        copy = root / name
+        shutil.copytree(base, copy)
+        change(copy)
+        return str(copy)
+
+    def data_yaml(**edits):
+        def change(copy: Path) -> None:
+            spec = {**yaml.safe_load((copy / "data.yaml").read_text()), **edits}
+            (copy / "data.yaml").write_text(yaml.safe_dump({k: v for k, v in spec.items() if v is not None}))
+        return change
+
+    def first_label(text: str):
+        return lambda copy: (copy / "labels" / "train" / "train_00000.txt").write_text(text)
+
+    corrupt = root / "corrupt.zip"
+    corrupt.write_bytes(b"PK\x03\x04" + b"\0" * 64)  # a download cut short
+    return {
+        "corrupt_zip": str(corrupt),
+        "no_names": variant("no-names", data_yaml(names=None)),
+        "nc_mismatch": variant("nc-mismatch", data_yaml(nc=5)),
+        "empty_split": variant("empty-split", lambda copy: [p.unlink() for p in (copy / "images" / "val").iterdir()]),
+        "malformed_label": variant("malformed", first_label("0 0.5 0.5 0.2\n")),
+        "class_out_of_range": variant("class-7", first_label("7 0.5 0.5 0.2 0.2\n")),
+    }
+
+
+def _yolov5n_checkpoint(path: Path) -> str:
+    """A YOLOv5n checkpoint as YOLOv5 saves one, made in a process of its own (importing yolov5 sets globals)."""
+    code = ("import sys, torch; from train import offline; from pathlib import Path; "
+            "offline.apply(Path(sys.argv[2])); from yolov5.models.yolo import Model; "
+            "from train.yolo import model_yaml; "
+            "torch.save({'model': Model(str(model_yaml('yolov5n.yaml')), nc=3).half()}, sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(path), str(path.parent / "cache")], env=client_env(), check=True,
+                   capture_output=True)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, silent_url, bad_s3_server, finished_run, team_s3, denying_s3) -> Dict[str, str]:
     root = tmp_path_factory.mktemp("bad-inputs")
     not_a_checkpoint = root / "best.pt"
     not_a_checkpoint.write_text("<html>404 Not Found</html>\n")  # what a failed download leaves behind
@@ -189,7 +286,8 @@ def places(tmp_path_factory, silent_url, bad_s3_server, finished_run) -> Dict[st
     return {"not_a_checkpoint": str(not_a_checkpoint), "no_images": str(no_images), "no_labels": str(no_labels),
             "closed_url": _closed_url(), "silent_url": silent_url, "empty_cache": str(root / "empty-cache"),
             "bad_s3_server": bad_s3_server.tracking.uri, "finished_run": finished_run,
-            "bad_backend_config": str(bad_backend_config)}
+            "bad_backend_config": str(bad_backend_config), "team_s3": team_s3.endpoint, "denying_s3": denying_s3,
+            "yolov5n_checkpoint": _yolov5n_checkpoint(root / "yolov5n-3-classes.pt"), **_own_datasets(root)}
 
 
 @pytest.fixture

@@ -259,7 +259,8 @@ def test_mlflow_run_parameters_are_declared(page):
 
 # (7) -----------------------------------------------------------------------------------------------------------
 
-_GROUP_OPTION = re.compile(r"(?<![\w./-])(" + "|".join(GROUPS) + r")=([^\s\"'`)\]|]+)")
+# `-P data=s3://...` is an MLproject parameter (a data option or a dataset's URI), not a Hydra group choice.
+_GROUP_OPTION = re.compile(r"(?<![\w./-])(?<!-P )(" + "|".join(GROUPS) + r")=([^\s\"'`)\]|]+)")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
