@@ -172,3 +172,25 @@ def test_kubernetes_launcher_runs_each_trial_as_a_job(tracking_server, base_imag
     assert parent.info.status == "FINISHED" and len(children) == 3
     assert sorted(c.data.params["hyp.lr0"] for c in children) == ["0.002", "0.005", "0.01"]
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
+
+
+def test_kubernetes_job_trains_on_a_dataset_in_s3_with_only_the_minio_secret(tracking_server, base_image, project_copy,
+                                                                             registry, kube, team_s3, tmp_path):
+    """`-P data=s3://...`: the pod reads the team's bucket with what the minio-credentials Secret holds (as the
+    template references it), and nothing from the submitter."""
+    from tests.conftest import DATA_BUCKET, yolo_dataset
+
+    files = team_s3.upload_folder(yolo_dataset(tmp_path / "data", seed=14), "k8s-widgets")
+    standin, _, _ = kube
+    standin.secrets["minio-credentials"] = {key: team_s3.env()[key] for key in
+                                            ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")}
+    uri = f"s3://{DATA_BUCKET}/k8s-widgets/"
+    proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-own-data", *PARAMS, "-P", f"data={uri}")
+    assert proc.returncode == 0, why(proc) + job.logs[-3000:]
+
+    [container] = job.manifest["spec"]["template"]["spec"]["containers"]
+    assert not [v for v in container["env"] if v["name"].startswith(("AWS_", "MLFLOW_S3")) and "value" in v]
+    run = only_run(tracking_server, "e2e-kubernetes-own-data")
+    assert run.info.status == "FINISHED" and run.data.params["data.source"] == uri
+    assert {json.loads(item.dataset.source)["uri"] for item in run.inputs.dataset_inputs} == {uri}
+    assert team_s3.object_downloads("k8s-widgets/") == files
