@@ -89,6 +89,8 @@ def validate(cfg: DictConfig) -> None:
                f"unsupported scheme {scheme!r} in {redact(m.tracking_uri)!r} (use one of: "
                f"{', '.join(s for s in _TRACKING_SCHEMES if s)}, or a local path)")
 
+    _check(cfg.fetch.timeout_s > 0, "fetch.timeout_s", f"must be > 0, got {cfg.fetch.timeout_s}")
+    _check(cfg.fetch.max_concurrency >= 1, "fetch.max_concurrency", f"must be >= 1, got {cfg.fetch.max_concurrency}")
     _check(cfg.sweep.direction in ("maximize", "minimize"), "sweep.direction",
            f"must be maximize or minimize, got {cfg.sweep.direction!r}")
     _check(cfg.sweep.n_jobs >= 1, "sweep.n_jobs", f"must be >= 1, got {cfg.sweep.n_jobs}")

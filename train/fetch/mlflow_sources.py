@@ -89,4 +89,22 @@ def resolve_model(uri: str, tracking_uri: str) -> ModelVersionRef:
     except Exception as error:  # noqa: BLE001
         raise _explain(uri, tracking_uri, error) from None
     return ModelVersionRef(version.name, str(version.version), version.run_id or "",
-                           getattr(version, "model_id", None) or "")
+                           getattr(version, "model_id", None) or _logged_model_id(client, version))
+
+
+def _logged_model_id(client, version) -> str:
+    """The logged model a version registered from runs:/<run id>/<path> came from (MLflow 3 logs every model as one,
+    but a version registered by run URI does not name it): the run's model of that name."""
+    from mlflow.exceptions import MlflowException
+
+    source = version.source or ""
+    if not (source.startswith("runs:/") and version.run_id):
+        return ""
+    name = source.split("/", 2)[2] if source.count("/") >= 2 else ""
+    try:
+        run = client.get_run(version.run_id)
+        models = client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{version.run_id}' AND name = '{name}'")
+    except MlflowException:
+        return ""  # an older server without logged models: the version and run tags still link back
+    return models[0].model_id if len(models) == 1 else ""
