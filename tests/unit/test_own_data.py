@@ -160,3 +160,15 @@ def test_release_names(name, released):
                                           ("https://h/sets/gadgets.zip", "gadgets"), ("runs:/abc/dataset", "abc")])
 def test_dataset_names_come_from_the_source(source, name):
     assert dataset_name(source) == name
+
+
+def test_a_reproduction_refuses_other_starting_weights_in_one_line():
+    from train.errors import ConfigError
+    from train.model.weights import StartingWeights
+    from train.tracking.reproduce import Reproduction, check_weights
+
+    original = Reproduction("r1", {}, {}, "a" * 64, False, "reproduce-x")
+    check_weights(original, StartingWeights("models:/x@champion", Path("/w.pt"), "a" * 64))  # the same file: fine
+    with pytest.raises(ConfigError, match=r"^model.weights: models:/x@champion is sha256 bbbbbbbbbbbb, run r1 started "
+                                          r"from aaaaaaaaaaaa \(python -m train.reproduce --allow-mismatch"):
+        check_weights(original, StartingWeights("models:/x@champion", Path("/w.pt"), "b" * 64))

@@ -93,11 +93,13 @@ def resolve_model(uri: str, tracking_uri: str) -> ModelVersionRef:
 
 
 def _logged_model_id(client, version) -> str:
-    """The logged model a version registered from runs:/<run id>/<path> came from (MLflow 3 logs every model as one,
-    but a version registered by run URI does not name it): the run's model of that name."""
+    """The logged model a version was registered from, when the version does not name it (registered by run URI):
+    MLflow 3 records its source as models:/<model id>, or (from a runs:/ source) the run's model of that name."""
     from mlflow.exceptions import MlflowException
 
     source = version.source or ""
+    if source.startswith("models:/m-"):
+        return source[len("models:/"):]
     if not (source.startswith("runs:/") and version.run_id):
         return ""
     name = source.split("/", 2)[2] if source.count("/") >= 2 else ""
