@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 import yaml
 
 if TYPE_CHECKING:
-    from train.model.weights import StartingWeights
     from train.tracking.record import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,14 +126,6 @@ def log_datasets(name: str, source: str, digests: Dict[str, str]) -> None:
                 raise
 
 
-def _log_model_input(model_id: str) -> None:
-    """MLflow 3 shows the logged model this run started from among its inputs (and the run among the model's)."""
-    import mlflow
-    from mlflow.entities import LoggedModelInput
-
-    mlflow.log_inputs(models=[LoggedModelInput(model_id)])
-
-
 def environment_tags() -> Dict[str, str]:
     import torch
 
@@ -169,10 +160,10 @@ def dataset_source(config: Mapping[str, Any], data_yaml: Path) -> str:
     return str(yaml.safe_load(data_yaml.read_text())["path"])
 
 
-def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path,
-           weights: Optional["StartingWeights"] = None) -> None:
-    """Tags, dataset inputs and artifacts of the active run (`run`); the starting weights' logged model as an input
-    (their tags are the run's own, set when it was created)."""
+def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path) -> None:
+    """Tags, dataset inputs and artifacts of the active run (`run`). The starting weights' link (train.model.weights)
+    is among the tags the run was created with: open-source MLflow takes a model among a run's inputs only from
+    Databricks (`log_inputs(models=...)` is refused)."""
     from omegaconf import OmegaConf
 
     from train.data import dataset_name
@@ -184,8 +175,6 @@ def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path,
         run.log_text(code.diff, "code/git-diff.patch")
     log_datasets(dataset_name(OmegaConf.create(config["data"])), redact(dataset_source(config, data_yaml)),
                  dataset_digests(data_yaml, Path(config["paths"]["cache_dir"])))
-    if weights and weights.link.get("model_id"):
-        _log_model_input(weights.link["model_id"])
     run.log_text(installed_packages(), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():

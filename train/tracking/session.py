@@ -107,7 +107,7 @@ def _record_start(record: RunRecord, config: Mapping[str, Any], session: Session
     # params are write-once, so those stay as given; the dotted keys hold the resolved values.
     logged = record.client.get_run(session.run_id).data.params
     record.log_params({k: v for k, v in all_params(config).items() if k not in logged})
-    lineage.record(record, config, session.data_yaml, session.weights)
+    lineage.record(record, config, session.data_yaml)
 
 
 def _finish_record(spool: MetricSpool, record: RunRecord, session: Session, timeout_s: float,
