@@ -107,7 +107,11 @@ def _check_source(uri: str, key: str, schemes: tuple) -> None:
         _check(kind in schemes, key, f"unsupported scheme {kind!r} in {redact(uri)!r} (a local path, or one of: "
                                      f"{', '.join(s + ':' for s in schemes if s != 'file')})")
     else:
-        _check(Path(uri).expanduser().exists(), key, f"no such file or folder: {uri}")
+        try:
+            exists = Path(uri).expanduser().exists()
+        except OSError as error:  # a folder on the way this user may not enter
+            raise ConfigError(f"{key}: cannot look at {uri}: {error.strerror}") from None
+        _check(exists, key, f"no such file or folder: {uri}")
 
 
 def _check_weights(weights: str) -> None:

@@ -20,6 +20,9 @@ MASK = "***"
 # An optional backslash before '://': Hydra's sweepers escape ':' in the overrides they hand each trial
 # (`http\://user\:pw@host`), in its tags, its .hydra files and the launcher's console lines.
 _URL_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.\-])(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*\\?://)[^/\s]+@")
+# Query parameters that are credentials: pre-signed S3 URLs, SAS and token-in-URL schemes.
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|sig|token|"
+                           r"access_token|api_key|apikey|password|secret)=)[^&\s#'\"]+", re.I)
 _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY|AUTH", re.I)
 # Shorter values are too likely to be ordinary words ('true', 'admin') that a mask would garble everywhere.
 MIN_SECRET_LENGTH = 6
@@ -42,6 +45,7 @@ def redact(text: str, secrets: Optional[Iterable[str]] = None) -> str:
     The environment is read at each call: a secret set after import (a test, a launcher) is still known.
     """
     text = _URL_CREDENTIALS.sub(rf"\g<scheme>{MASK}@", text)
+    text = _QUERY_SECRET.sub(rf"\g<key>{MASK}", text)
     for value in secret_values() if secrets is None else secrets:
         text = text.replace(value, MASK)
     return text
@@ -54,4 +58,4 @@ def redact_bytes(data: bytes) -> bytes:
 
 def without_credentials(url: str) -> str:
     """`url` with no `user:password@` at all: to keep, where the login will come from the environment again."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>", url)
+    return _QUERY_SECRET.sub(rf"\g<key>{MASK}", _URL_CREDENTIALS.sub(r"\g<scheme>", url))

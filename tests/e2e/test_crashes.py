@@ -34,10 +34,12 @@ def assert_failed_with_traceback_and_outputs(tracking_server, experiment: str, s
 
 @pytest.fixture
 def corrupt_dataset(tmp_path):
-    """Real images whose every label line is garbage: YOLOv5 finds no usable labels while loading data."""
+    """Good labels, but image files no decoder reads (a sync cut short): the checks before the run read labels, not
+    pixels, so YOLOv5 finds no usable image while loading data, once the run exists. (Garbage labels are refused
+    before the run: tests/e2e/test_refusals.py.)"""
     root = generate(SyntheticSpec(train_images=8, val_images=4, image_size=64, seed=1), tmp_path / "datasets")
-    for label in root.glob("labels/*/*.txt"):
-        label.write_text("not a label\n")
+    for image in root.glob("images/*/*.jpg"):
+        image.write_bytes(b"not an image\n")
     return root
 
 

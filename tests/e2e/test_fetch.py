@@ -113,3 +113,47 @@ def test_an_s3_prefix_with_nothing_under_it_is_refused_by_name(team_s3, tmp_path
         fetch(f"s3://{DATA_BUCKET}/nothing-here/", _settings(tmp_path), "data.source")
     assert str(refused.value).startswith(f"data.source: s3://{DATA_BUCKET}/nothing-here/: no such object, and no "
                                          f"objects under nothing-here/")
+
+
+class _Redirecting(http.server.BaseHTTPRequestHandler):
+    """/w.zip answers 302 to another host (the other server), which records the headers it was sent."""
+
+    target = ""
+    received: List[dict] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        _Redirecting.received.append(dict(self.headers))
+        if self.path == "/w.zip" and _Redirecting.target:
+            self.send_response(302)
+            self.send_header("Location", _Redirecting.target)
+            self.end_headers()
+            return
+        body = b"PK\x05\x06" + b"\0" * 18  # an empty zip
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", '"empty"')
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+
+def test_a_url_login_is_never_sent_to_the_host_a_redirect_names(tmp_path):
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    home, elsewhere = (f"127.0.0.1:{s.server_address[1]}" for s in servers)
+    _Redirecting.target, _Redirecting.received = f"http://localhost:{elsewhere.split(':')[1]}/data.zip", []
+    try:
+        fetch(f"http://user:s3cret@{home}/w.zip", _settings(tmp_path), "data.source")
+    finally:
+        for server in servers:
+            server.shutdown()
+    sent_home = [h for h in _Redirecting.received if "Authorization" in h]
+    assert sent_home and all(h.get("Host") == home for h in sent_home)
+    assert any(h.get("Host", "").startswith("localhost:") for h in _Redirecting.received)  # it did follow

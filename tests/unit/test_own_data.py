@@ -172,3 +172,35 @@ def test_a_reproduction_refuses_other_starting_weights_in_one_line():
     with pytest.raises(ConfigError, match=r"^model.weights: models:/x@champion is sha256 bbbbbbbbbbbb, run r1 started "
                                           r"from aaaaaaaaaaaa \(python -m train.reproduce --allow-mismatch"):
         check_weights(original, StartingWeights("models:/x@champion", Path("/w.pt"), "b" * 64))
+
+
+def test_credentials_in_a_url_query_are_masked_in_the_record_and_the_cache_identity():
+    from train.redact import redact, without_credentials
+
+    signed = "https://s3.example/b/w.zip?X-Amz-Credential=AKIA1&X-Amz-Signature=f00d&X-Amz-Date=20261202"
+    assert redact(signed) == "https://s3.example/b/w.zip?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Date=20261202"
+    assert without_credentials("https://u:pw@h/w.zip?token=t0k3n") == "https://h/w.zip?token=***"
+
+
+def test_an_s3_key_that_would_land_outside_the_copy_is_refused(tmp_path):
+    from train.fetch.s3 import S3Location, download
+
+    location = S3Location.parse("s3://datasets/widgets/")
+    with pytest.raises(SourceError, match=r"the object 'widgets/\.\./\.\./etc/x' has no path a copy can hold"):
+        download(None, location, [("widgets/../../etc/x", 1)], tmp_path, 2)
+
+
+def test_an_empty_download_is_not_cached(tmp_path):
+    from train.fetch import cache
+
+    with pytest.raises(SourceError, match="nothing was downloaded"):
+        cache.once(tmp_path, "an empty folder", lambda into: None)
+    assert not (tmp_path / cache.key("an empty folder")).exists()
+
+
+def test_a_reproduction_starts_from_the_version_the_alias_named_then():
+    from train.tracking.reproduce import _pin_model_version
+
+    config = {"model": {"weights": "models:/widgets@champion"}}
+    _pin_model_version(config, {"weights.model_name": "widgets", "weights.model_version": "3"})
+    assert config["model"]["weights"] == "models:/widgets/3"

@@ -14,12 +14,12 @@ from omegaconf import DictConfig
 
 from train.data import coco128, synthetic
 from train.data import yolo as user_dataset
-from train.data.scan import IMAGE_SUFFIXES, label_path, labels_folder, scan, split_images
+from train.data.scan import IMAGE_SUFFIXES, label_path, scan, split_images
 from train.errors import DatasetError
 from train.fetch import FetchSettings
 from train.yolo import yolov5_package_dir
 
-__all__ = ["DatasetError", "IMAGE_SUFFIXES", "label_path", "labels_folder", "prepare", "split_images", "dataset_name"]
+__all__ = ["DatasetError", "IMAGE_SUFFIXES", "label_path", "prepare", "split_images", "dataset_name"]
 
 
 def _coco_names() -> Dict[int, str]:

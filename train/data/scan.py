@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
@@ -32,32 +33,35 @@ def label_path(image: Path) -> Path:
     return Path(sb.join(str(image).rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt")
 
 
-def labels_folder(images: Path) -> Path:
-    """Where YOLOv5 reads a folder split's labels: images/<x> -> labels/<x>."""
-    return Path(f"{os.sep}labels{os.sep}".join(str(images).rsplit(f"{os.sep}images{os.sep}", 1)))
-
-
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _listed(text_file: Path) -> List[Path]:
+def _listed(text_file: Path, where: str) -> List[Path]:
     # As YOLOv5 reads a list: './x' is relative to the list's folder, anything else as written.
     lines = [line.strip() for line in text_file.read_text().splitlines() if line.strip()]
-    return [text_file.parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
+    images = [text_file.parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{where}: {text_file.name} lists {len(missing)} images that do not exist (the first: "
+                           f"{missing[0]})")
+    return images
 
 
 def split_images(root: Path, spec: object, where: str) -> List[Path]:
     """Every image a split names (a folder, a .txt list, or a list of those), sorted."""
     images: List[Path] = []
-    for item in spec if isinstance(spec, (list, tuple)) else [spec]:
-        path = Path(str(item))
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    if not all(isinstance(item, str) for item in items):
+        raise DatasetError(f"{where}: a split is a path or a list of paths (folders or .txt lists), got {spec!r}")
+    for item in items:
+        path = Path(item)
         path = path if path.is_absolute() else root / path
         if path.is_dir():
             for folder, _, names in os.walk(path):
                 images += [Path(folder) / n for n in names if _is_image(n)]
         elif path.is_file() and path.suffix == ".txt":
-            images += [p for p in _listed(path) if _is_image(p.name)]
+            images += [p for p in _listed(path, where) if _is_image(p.name)]
         else:
             raise DatasetError(f"{where}: {path} is neither a folder of images nor a .txt list of them")
     return sorted(images)
@@ -70,6 +74,8 @@ def _label_problem(fields: Sequence[str], nc: int) -> str:
         values = [float(f) for f in fields]
     except ValueError:
         return "not all numbers"
+    if not all(math.isfinite(v) for v in values):
+        return "not all finite numbers"
     if values[0] != int(values[0]) or values[0] < 0:
         return "the class is not a whole number >= 0"
     if values[0] >= nc:
@@ -150,5 +156,9 @@ def scan(layout: Mapping[str, object], cache_dir: Path, where: str) -> Dict[str,
     """{MLflow input context: digest} of each split a YOLOv5 data layout names (train, val and any test)."""
     root = Path(str(layout["path"]))
     nc = len(layout["names"])  # type: ignore[arg-type]
-    return {context: scan_split(root, split, layout[split], nc, cache_dir, where)
-            for context, split in SPLITS if layout.get(split)}
+    try:
+        return {context: scan_split(root, split, layout[split], nc, cache_dir, where)
+                for context, split in SPLITS if layout.get(split)}
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{where}: cannot read {getattr(error, 'filename', None) or 'a file'}: "
+                           f"{getattr(error, 'strerror', None) or error}") from None

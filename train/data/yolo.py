@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Mapping, Tuple
 from urllib.parse import urlparse
@@ -41,7 +42,9 @@ def _unzip(archive: Path, settings: FetchSettings) -> Path:
                 if broken is not None:
                     raise SourceError(f"{KEY}: the archive is corrupt ({broken} fails its checksum)")
                 zf.extractall(into / "dataset")
-        except zipfile.BadZipFile as error:
+        # A cut-short or damaged stream (zlib.error, EOFError), encryption (RuntimeError), Deflate64
+        # (NotImplementedError), a full disk (OSError): each is an archive this machine cannot unpack.
+        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError) as error:
             raise SourceError(f"{KEY}: not a readable zip archive ({error})") from None
 
     identity = f"unzip {archive.resolve()} {st.st_size} {st.st_mtime_ns}"
@@ -84,13 +87,13 @@ def _root(spec: Mapping[str, Any], yaml_path: Path, self_contained: bool) -> Pat
     here = yaml_path.parent
     given = spec.get("path")
     if not given:
-        return here
+        return here.resolve()
     candidates = [here / str(given)] + ([] if self_contained else [Path(str(given)), Path.cwd() / str(given)])
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.resolve()
     if self_contained:
-        return here
+        return here.resolve()
     raise DatasetError(f"{KEY}: path: {given} is no folder (looked beside the yaml, in {here}, and in {os.getcwd()})")
 
 
@@ -106,7 +109,7 @@ def _names(spec: Mapping[str, Any]) -> Dict[int, str]:
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not names:
         raise DatasetError(f"{KEY}: names must be a non-empty list or map of class names, got {names!r}")
-    if sorted(names) != list(range(len(names))):
+    if not all(isinstance(k, int) for k in names) or sorted(names) != list(range(len(names))):
         raise DatasetError(f"{KEY}: names' keys must be the class indices 0-{len(names) - 1}, got {sorted(names)}")
     if nc is not None and nc != len(names):
         raise DatasetError(f"{KEY}: nc is {nc}, but names lists {len(names)} classes")
@@ -115,6 +118,14 @@ def _names(spec: Mapping[str, Any]) -> Dict[int, str]:
 
 def layout(source: str, settings: FetchSettings) -> Dict[str, object]:
     """The YOLOv5 data layout (path, splits, nc, names) of the dataset at `source`, fetched if need be."""
+    try:
+        return _layout(source, settings)
+    except (OSError, UnicodeDecodeError) as error:  # a file or folder of the user's this user may not read
+        raise DatasetError(f"{KEY}: cannot read {getattr(error, 'filename', None) or source}: "
+                           f"{getattr(error, 'strerror', None) or error}") from None
+
+
+def _layout(source: str, settings: FetchSettings) -> Dict[str, object]:
     yaml_path, self_contained = locate(source, settings)
     try:
         spec = yaml.safe_load(yaml_path.read_text())

@@ -8,6 +8,7 @@ naming the config key and the URI (never its login): SourceError, exit 2, before
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict
@@ -18,6 +19,7 @@ from train.fetch import cache, http, mlflow_sources, s3
 from train.redact import redact, without_credentials
 
 REMOTE_SCHEMES = ("s3", "http", "https", "runs", "mlflow-artifacts", "models")
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,7 @@ class FetchSettings:
 
 @dataclass
 class Fetched:
-    uri: str  # as the user gave it
-    path: Path  # the local file or folder: the cached copy, or the user's own path
+    path: Path  # the local file or folder, absolute: the cached copy, or the user's own path
     link: Dict[str, str] = field(default_factory=dict)  # the run or model version it came from
 
 
@@ -54,8 +55,8 @@ def _cached(settings: FetchSettings, kind: str, identity: str, build: Callable[[
 
 def _fetch_s3(uri: str, settings: FetchSettings) -> Path:
     location = s3.S3Location.parse(uri)
-    client = s3.client(settings.max_concurrency, settings.timeout_s)
-    _, objects, identity = s3.listing(client, location)
+    client = s3.client(settings.max_concurrency, settings.timeout_s, location)
+    objects, identity = s3.listing(client, location)
     return _cached(settings, "s3", identity,
                    lambda into: s3.download(client, location, objects, into, settings.max_concurrency))
 
@@ -87,32 +88,45 @@ def _fetch_model(uri: str, settings: FetchSettings) -> Fetched:
     def build(into: Path) -> None:
         mlflow_sources.download_artifacts(pinned, tracking_uri, into)
 
-    path = _cached(settings, "mlflow", mlflow_sources.run_identity(pinned, tracking_uri), build)
-    return Fetched(uri, path, version.link_tags())
+    # The model id too: a deleted and re-created registered model numbers its versions from 1 again.
+    identity = f"{mlflow_sources.run_identity(pinned, tracking_uri)} {version.run_id} {version.model_id}"
+    return Fetched(_cached(settings, "mlflow", identity, build), version.link_tags())
 
 
 def fetch(uri: str, settings: FetchSettings, key: str, immutable: bool = False) -> Fetched:
     """`uri` as a local file or folder. key: the config key that named it, for the error line.
     immutable: an http(s) URL whose content never changes (a release asset): no request once cached."""
-    kind = scheme(uri)
     try:
-        if kind in ("", "file"):
-            path = Path(urlparse(uri).path if kind == "file" else uri).expanduser()
-            if not path.exists():
-                raise SourceError(f"{uri}: no such file or folder")
-            return Fetched(uri, path)
-        if kind == "s3":
-            return Fetched(uri, _fetch_s3(uri, settings))
-        if kind in ("http", "https"):
-            return Fetched(uri, _fetch_http(uri, settings, immutable))
-        if kind in ("runs", "mlflow-artifacts"):
-            path = _fetch_artifacts(uri, settings)
-            run_id = urlparse(uri).path.lstrip("/").split("/", 1)[0] if kind == "runs" else ""
-            return Fetched(uri, path, {"run_id": run_id} if run_id else {})
-        if kind == "models":
-            return _fetch_model(uri, settings)
-        raise SourceError(f"{uri}: unsupported scheme {kind!r} (a local path, or one of: "
-                          f"{', '.join(f'{s}:' for s in REMOTE_SCHEMES)})")
+        return _fetch(uri, settings, immutable)
     except SourceError as error:
         raise SourceError(f"{key}: {redact(str(error))}") from None
+    except OSError as error:  # the cache folder unwritable or full, a local source this user may not read
+        raise SourceError(f"{key}: {redact(uri)}: {getattr(error, 'filename', None) or ''} "
+                          f"{getattr(error, 'strerror', None) or error}".replace("  ", " ")) from None
+
+
+def _run_of(kind: str, uri: str) -> Dict[str, str]:
+    """runs:/<run id>/... and mlflow-artifacts:/<experiment>/<run id>/artifacts/...: the run, to link to."""
+    parts = urlparse(uri).path.lstrip("/").split("/")
+    run_id = parts[0] if kind == "runs" else (parts[1] if len(parts) > 2 and parts[2] == "artifacts" else "")
+    return {"run_id": run_id} if RUN_ID.match(run_id) else {}
+
+
+def _fetch(uri: str, settings: FetchSettings, immutable: bool) -> Fetched:
+    kind = scheme(uri)
+    if kind in ("", "file"):
+        path = Path(urlparse(uri).path if kind == "file" else uri).expanduser()
+        if not path.exists():  # an OSError here (a folder this user may not enter) becomes one line in fetch()
+            raise SourceError(f"{uri}: no such file or folder")
+        return Fetched(path.resolve())  # YOLOv5 looks relative weight names up on the Hugging Face hub
+    if kind == "s3":
+        return Fetched(_fetch_s3(uri, settings))
+    if kind in ("http", "https"):
+        return Fetched(_fetch_http(uri, settings, immutable))
+    if kind in ("runs", "mlflow-artifacts"):
+        return Fetched(_fetch_artifacts(uri, settings), _run_of(kind, uri))
+    if kind == "models":
+        return _fetch_model(uri, settings)
+    raise SourceError(f"{uri}: unsupported scheme {kind!r} (a local path, or one of: "
+                      f"{', '.join(f'{s}:' for s in REMOTE_SCHEMES)})")
 

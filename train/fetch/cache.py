@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from train.errors import SourceError
+
 # Staging folders a killed process left behind are removed once they are this old (a download still
 # running in another process renews nothing, so this is far longer than any download).
 STALE_STAGING_S = 24 * 3600
@@ -57,8 +59,11 @@ def once(folder: Path, identity: str, build: Callable[[Path], None]) -> Path:
             return final
         _remove_stale_staging(folder)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide a shared cache's copy from its other users
         try:
             build(staging)
+            if not any(not p.name.startswith(".") for p in staging.iterdir()):
+                raise SourceError("nothing was downloaded (an empty folder at the source?)")
             (staging / ".identity").write_text(identity + "\n")
             os.rename(staging, final)
         except BaseException:

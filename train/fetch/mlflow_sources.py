@@ -6,7 +6,7 @@ registered model's alias moves: it is resolved to a version first, and the versi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict
 from urllib.parse import urlparse
@@ -23,7 +23,6 @@ class ModelVersionRef:
     version: str
     run_id: str
     model_id: str = ""  # MLflow 3's logged model, when the version has one
-    tags: Dict[str, str] = field(default_factory=dict)
 
     def link_tags(self) -> Dict[str, str]:
         tags = {"model_name": self.name, "model_version": self.version, "run_id": self.run_id}
@@ -54,7 +53,9 @@ def check_run_exists(uri: str, tracking_uri: str) -> None:
         return
     try:
         MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # denied, the server down, ...: say what it said
+            raise _explain(uri, tracking_uri, error) from None
         raise SourceError(f"{uri}: no run {run_id} at {redact(tracking_uri)}") from None
 
 

@@ -42,14 +42,17 @@ def endpoint() -> str | None:
     return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
 
 
-def client(max_concurrency: int, timeout_s: float):
+def client(max_concurrency: int, timeout_s: float, location: S3Location):
     import boto3
     from botocore.config import Config
 
     config = Config(max_pool_connections=max(10, max_concurrency), connect_timeout=timeout_s, read_timeout=timeout_s,
                     retries={"max_attempts": 2, "mode": "standard"})  # fail in seconds, not minutes, when down
     verify = False if os.environ.get("MLFLOW_S3_IGNORE_TLS", "").lower() == "true" else None
-    return boto3.client("s3", endpoint_url=endpoint(), config=config, verify=verify)
+    try:
+        return boto3.client("s3", endpoint_url=endpoint(), config=config, verify=verify)
+    except Exception as error:  # noqa: BLE001 - a malformed endpoint URL, an unknown AWS_PROFILE, ...
+        raise explain(error, location) from None
 
 
 def _where() -> str:
@@ -78,8 +81,8 @@ def explain(error: Exception, location: S3Location) -> SourceError:
     return SourceError(f"{location}: cannot read it{_where()}: {error}")
 
 
-def listing(s3, location: S3Location) -> Tuple[str, List[Tuple[str, int]], str]:
-    """("object" or "folder", [(key, size)], identity): what the URI names and what identifies its content now.
+def listing(s3, location: S3Location) -> Tuple[List[Tuple[str, int]], str]:
+    """([(key, size)], identity): the objects the URI names (one object, or a folder's) and what identifies them now.
 
     An object's identity is its ETag (and version id, on a versioned bucket); a folder's, every object's key,
     size and ETag. A URI without a trailing slash is an object if one has that key, else a folder.
@@ -91,7 +94,7 @@ def listing(s3, location: S3Location) -> Tuple[str, List[Tuple[str, int]], str]:
             try:
                 head = s3.head_object(Bucket=location.bucket, Key=location.key)
                 identity = f"s3://{location.bucket}/{location.key} {head.get('ETag')} {head.get('VersionId', '')}"
-                return "object", [(location.key, int(head["ContentLength"]))], identity
+                return [(location.key, int(head["ContentLength"]))], identity
             except ClientError as error:
                 if str(error.response.get("Error", {}).get("Code")) not in ("404", "NoSuchKey"):
                     raise
@@ -106,10 +109,18 @@ def listing(s3, location: S3Location) -> Tuple[str, List[Tuple[str, int]], str]:
         raise explain(error, location) from None
     if not objects:
         raise SourceError(f"{location}: no such object, and no objects under {prefix or '/'}{_where()}")
-    return "folder", objects, f"s3://{location.bucket}/{prefix} {digest.hexdigest()}"
+    return objects, f"s3://{location.bucket}/{prefix} {digest.hexdigest()}"
 
 
-def download(s3, location: S3Location, objects: List[Tuple[str, int]], into: Path, max_concurrency: int) -> Path:
+def _relative(key: str, prefix: str, location: S3Location) -> PurePosixPath:
+    """A key's path under the prefix; refused when it would land outside the copy (an empty or '..' part)."""
+    parts = key[len(prefix):].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise SourceError(f"{location}: the object {key!r} has no path a copy can hold (an empty or '..' part)")
+    return PurePosixPath(*parts)
+
+
+def download(s3, location: S3Location, objects: List[Tuple[str, int]], into: Path, max_concurrency: int) -> None:
     """The object (into/<its name>) or the folder's objects (into/<name>/..., as laid out under the prefix)."""
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
@@ -119,7 +130,7 @@ def download(s3, location: S3Location, objects: List[Tuple[str, int]], into: Pat
     else:
         prefix = location.key.rstrip("/") + "/" if location.key else ""
         target = into / (PurePosixPath(prefix).name or location.bucket)
-        pairs = [(key, target / PurePosixPath(key[len(prefix):])) for key, _ in objects]
+        pairs = [(key, target / _relative(key, prefix, location)) for key, _ in objects]
     for _, path in pairs:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -129,4 +140,3 @@ def download(s3, location: S3Location, objects: List[Tuple[str, int]], into: Pat
                 future.result()
     except Exception as error:  # noqa: BLE001
         raise explain(error, location) from None
-    return target

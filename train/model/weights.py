@@ -41,11 +41,10 @@ def is_release_name(uri: str) -> bool:
 def _release(name: str, settings: FetchSettings, release_url: str) -> Fetched:
     url = f"{release_url.rstrip('/')}/{name}"
     try:
-        fetched = fetch(url, settings, KEY, immutable=True)  # a release asset never changes: cached by its URL
+        return fetch(url, settings, KEY, immutable=True)  # a release asset never changes: cached by its URL
     except SourceError as error:
         raise SourceError(f"{error}; offline, download {name} where you can and give its path "
                           f"(model.weights=/path/to/{name}), or set fetch.release_url to a mirror that has it") from None
-    return Fetched(name, fetched.path, fetched.link)
 
 
 def _checkpoint_in(path: Path, uri: str) -> Path:
@@ -71,7 +70,10 @@ def locate(uri: str, settings: FetchSettings, release_url: str) -> StartingWeigh
     fetched = _release(uri, settings, release_url) if is_release_name(uri) and not Path(uri).exists() \
         else fetch(uri, settings, KEY)
     path = _checkpoint_in(fetched.path, uri)
-    return StartingWeights(uri, path, _sha256(path), fetched.link)
+    try:
+        return StartingWeights(uri, path, _sha256(path), fetched.link)
+    except OSError as error:
+        raise SourceError(f"{KEY}: cannot read {path}: {error.strerror or error}") from None
 
 
 def _architectures() -> Dict[tuple, str]:

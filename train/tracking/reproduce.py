@@ -73,8 +73,17 @@ def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str])
     _check_code(client, run, allowed)
     digests = {tag.value: item.dataset.digest for item in run.inputs.dataset_inputs for tag in item.tags
                if tag.key == "mlflow.data.context"}
-    return Reproduction(run_id, merged(config, recorded_config(client, run_id), overrides, KEEP), digests,
-                        run.data.tags.get("weights.sha256", ""), allowed, f"reproduce-{run.info.run_name}")
+    recorded = merged(config, recorded_config(client, run_id), overrides, KEEP)
+    _pin_model_version(recorded, run.data.tags)
+    return Reproduction(run_id, recorded, digests, run.data.tags.get("weights.sha256", ""), allowed,
+                        f"reproduce-{run.info.run_name}")
+
+
+def _pin_model_version(config: Dict[str, Any], tags: Mapping[str, str]) -> None:
+    """models:/<name>@<alias> started the run from the version the alias named then: reproduce from that one."""
+    weights = config["model"]["weights"]
+    if weights.startswith("models:/") and "@" in weights and tags.get("weights.model_version"):
+        config["model"]["weights"] = f"models:/{tags['weights.model_name']}/{tags['weights.model_version']}"
 
 
 def check_data(reproduction: Reproduction, data_yaml: Path) -> None:

@@ -28,7 +28,8 @@ RESULTS = "training-output/results.csv"
 LOG = "logs/train.log"
 RECORDED_CONFIG = "config/config.yaml"
 # Always this machine's: where it keeps things and how it reaches the server.
-LOCAL_KEYS = ("train.resume", "paths", "mlflow.tracking_uri", "mlflow.startup_timeout_s", "mlflow.delivery_timeout_s")
+LOCAL_KEYS = ("train.resume", "paths", "fetch", "mlflow.tracking_uri", "mlflow.startup_timeout_s",
+              "mlflow.delivery_timeout_s")
 # How this machine trains, not what: the record's unless given on the command line (workers changes the
 # augmentations' random streams, so a reproduction keeps the record's unless told otherwise).
 MACHINE_KEYS = ("train.device", "train.workers")
