@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from train import offline
 from train.checks import validate
 from train.config import to_container
-from train.console import ConsoleTee
+from train.console import ConsoleTee, strip_ansi
 from train.data import prepare
 from train.hints import python_command
 from train.fetch import FetchSettings
@@ -78,7 +78,8 @@ def _failure_hint(error: BaseException) -> str:
 
 
 def _say(line: str) -> None:
-    print(f"error: {redact(line)}", file=sys.stderr)
+    # Plain text, as in train.log: YOLOv5 colours parts of its exception messages.
+    print(f"error: {redact(strip_ansi(line))}", file=sys.stderr)
 
 
 def _refuse(error: RecipeError, config: Mapping[str, Any]) -> Outcome:
