@@ -123,3 +123,17 @@ def test_the_checkpoint_opens_before_the_loggers_that_yolov5_registers_after_it(
     assert names == ["checkpoint-begin", "yolov5-csv-logger"]
     assert [a["name"] for a in callbacks.get_registered_actions("on_model_save")] == ["checkpoint-end"]
     assert [a["name"] for a in callbacks.get_registered_actions("on_train_end")] == ["checkpoint-end"]
+
+
+def test_an_interrupt_a_yolov5_step_swallowed_is_raised_at_the_next_event(callbacks, interrupts):
+    """AutoAnchor and the label plots run inside YOLOv5's TryExcept, which swallows KeyboardInterrupt too."""
+    from yolov5.utils import TryExcept
+
+    with no_interrupt("inside TryExcept (it swallows it, as YOLOv5's check_anchors does)"):
+        with TryExcept("AutoAnchor: ERROR"):
+            send(signal.SIGTERM)
+            time.sleep(2)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        callbacks.run("on_train_start")
+    with no_interrupt("once raised again"):
+        callbacks.run("on_train_epoch_start")
