@@ -115,9 +115,9 @@ def _check_source(uri: str, key: str, schemes: tuple) -> None:
 
 
 def _check_weights(weights: str) -> None:
-    from train.model.weights import is_release_name
+    from train.model.weights import is_release_download
 
-    if weights and not (is_release_name(weights) and not Path(weights).exists()):
+    if weights and not is_release_download(weights):
         _check_source(weights, "model.weights", WEIGHTS_SCHEMES)
 
 

@@ -19,7 +19,7 @@ from train.errors import DatasetError
 from train.fetch import FetchSettings
 from train.yolo import yolov5_package_dir
 
-__all__ = ["DatasetError", "IMAGE_SUFFIXES", "label_path", "prepare", "split_images", "dataset_name"]
+__all__ = ["DatasetError", "IMAGE_SUFFIXES", "dataset_name", "digests", "label_path", "prepare", "split_images"]
 
 
 def _coco_names() -> Dict[int, str]:
@@ -56,8 +56,20 @@ def prepare(data: DictConfig, sources: FetchSettings, out_dir: Path) -> Path:
     The yaml never has a `download:` key, so YOLOv5 itself never reaches for the network.
     """
     layout, where = _layout(data, sources)
-    scan(layout, sources.cache_dir, where)  # checks; the digests it caches are what lineage records
     out_dir.mkdir(parents=True, exist_ok=True)
     data_yaml = out_dir / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(layout, sort_keys=False))
+    digests(data_yaml, sources.cache_dir, where)  # the checks; lineage and reproductions reuse the result
     return data_yaml
+
+
+_SCANNED: Dict[Path, Dict[str, str]] = {}
+
+
+def digests(data_yaml: Path, cache_dir: Path, where: str = "data") -> Dict[str, str]:
+    """{MLflow input context: digest} of each split of a data yaml prepare wrote, its labels checked: scanned once
+    per process (and, across processes, read from the scan records train.data.scan keeps). where: the config key
+    an error line names."""
+    if data_yaml not in _SCANNED:
+        _SCANNED[data_yaml] = scan(yaml.safe_load(data_yaml.read_text()), cache_dir, where)
+    return _SCANNED[data_yaml]

@@ -101,8 +101,8 @@ def fetch(uri: str, settings: FetchSettings, key: str, immutable: bool = False) 
     except SourceError as error:
         raise SourceError(f"{key}: {redact(str(error))}") from None
     except OSError as error:  # the cache folder unwritable or full, a local source this user may not read
-        raise SourceError(f"{key}: {redact(uri)}: {getattr(error, 'filename', None) or ''} "
-                          f"{getattr(error, 'strerror', None) or error}".replace("  ", " ")) from None
+        where = f" ({error.filename})" if error.filename else ""
+        raise SourceError(f"{key}: {redact(uri)}: {error.strerror or error}{where}") from None
 
 
 def _run_of(kind: str, uri: str) -> Dict[str, str]:

@@ -38,6 +38,12 @@ def is_release_name(uri: str) -> bool:
     return bool(RELEASE_NAME.match(uri))
 
 
+def is_release_download(uri: str) -> bool:
+    """A release name with no file of that name here: YOLOv5's own rule (a local file wins), so fetched from
+    fetch.release_url."""
+    return is_release_name(uri) and not Path(uri).exists()
+
+
 def _release(name: str, settings: FetchSettings, release_url: str) -> Fetched:
     url = f"{release_url.rstrip('/')}/{name}"
     try:
@@ -67,8 +73,7 @@ def _sha256(path: Path) -> str:
 
 def locate(uri: str, settings: FetchSettings, release_url: str) -> StartingWeights:
     """The checkpoint `uri` names, fetched into the cache if it is not local."""
-    fetched = _release(uri, settings, release_url) if is_release_name(uri) and not Path(uri).exists() \
-        else fetch(uri, settings, KEY)
+    fetched = _release(uri, settings, release_url) if is_release_download(uri) else fetch(uri, settings, KEY)
     path = _checkpoint_in(fetched.path, uri)
     try:
         return StartingWeights(uri, path, _sha256(path), fetched.link)

@@ -9,7 +9,6 @@ installed package list.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import os
 import platform
@@ -56,15 +55,6 @@ def code_version() -> Optional[CodeVersion]:
         diff = (_git("diff", "HEAD") or "") + "".join(f"# untracked: {name}\n" for name in untracked.splitlines())
     return CodeVersion(commit.strip(), (_git("rev-parse", "--abbrev-ref", "HEAD") or "").strip(),
                        bool(status.strip()), diff)
-
-
-@functools.lru_cache(maxsize=None)
-def dataset_digests(data_yaml: Path, cache_dir: Path) -> Dict[str, str]:
-    """{context: digest} of each split of a data yaml (train.data.prepare's), from the scan cache that
-    train.data.prepare filled: a reproduction checks them before its run records them."""
-    from train.data.scan import scan
-
-    return scan(yaml.safe_load(data_yaml.read_text()), cache_dir, "data")
 
 
 class ArtifactUriSource:
@@ -166,7 +156,7 @@ def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path) -> None
     Databricks (`log_inputs(models=...)` is refused)."""
     from omegaconf import OmegaConf
 
-    from train.data import dataset_name
+    from train.data import dataset_name, digests
     from train.redact import redact
 
     code = code_version()
@@ -174,7 +164,7 @@ def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path) -> None
     if code and code.dirty:
         run.log_text(code.diff, "code/git-diff.patch")
     log_datasets(dataset_name(OmegaConf.create(config["data"])), redact(dataset_source(config, data_yaml)),
-                 dataset_digests(data_yaml, Path(config["paths"]["cache_dir"])))
+                 digests(data_yaml, Path(config["paths"]["cache_dir"])))
     run.log_text(installed_packages(), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():

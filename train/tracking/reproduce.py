@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from train.data import digests
 from train.errors import ConfigError
 from train.tracking import lineage
 from train.redact import redact
@@ -87,7 +88,7 @@ def _pin_model_version(config: Dict[str, Any], tags: Mapping[str, str]) -> None:
 
 
 def check_data(reproduction: Reproduction, data_yaml: Path) -> None:
-    now = lineage.dataset_digests(data_yaml, Path(reproduction.config["paths"]["cache_dir"]))
+    now = digests(data_yaml, Path(reproduction.config["paths"]["cache_dir"]))
     for context, digest in reproduction.digests.items():
         if now.get(context) != digest:
             _refuse_unless(reproduction.allow_mismatch,
