@@ -3,7 +3,7 @@
 Settings are small (about 19 minutes on a 2-core machine, most of it the five pairs of 100-epoch runs that
 figures 1, 4 and 6 share and the 1 GB dataset that figure 9 fetches from S3 six times); every figure is a ratio
 (or a latency) measured side by side, never a lone absolute time. The GPU benchmark is `python -m bench.gpu`
-(it skips without CUDA); figures 9 and 10 alone are `python -m bench.fetch`.
+(it skips without CUDA); figures 9 and 10 alone are `python -m bench.fetch`, figure 11 `python -m bench.checkpoints`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from statistics import median
 from typing import Any, Dict
 
 from bench.artifacts import artifact_path, direct_throughput_mb_s
+from bench.checkpoints import checkpoint_uploads
 from bench.fetch import dataset_digest, dataset_fetch
 from bench.harness import datasets, servers
 from bench.report import markdown
@@ -29,6 +30,7 @@ from bench.wrapper import wrapper_overhead
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WRAPPER_EPOCHS = 5
+CHECKPOINT_EPOCHS = 20  # figure 11: per-epoch cost, so the runs' start and end are left out of it
 DATASET_REPEATS = 3  # figures 9 and 10: a 1 GB fetch takes about a minute a side, so fewer than --pairs
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's "View run" lines, per run
 
@@ -73,6 +75,7 @@ def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Sett
                                                        WRAPPER_EPOCHS, pairs).summary()
         results["artifact_path"] = artifact_path(server, workdir / "payloads", pairs=pairs)
         results["server_round_trip"] = round_trip(server, workdir / "four-workers", pairs)
+        results["checkpoint_uploads"] = checkpoint_uploads(runs, settings, CHECKPOINT_EPOCHS, pairs)
     # After the servers stop: figure 9 starts an S3 server of its own, which holds the dataset in memory.
     results["dataset_fetch"] = dataset_fetch(workdir / "fetch", fetch_mb, DATASET_REPEATS)
     results["dataset_digest"] = dataset_digest(workdir / "digest", repeats=DATASET_REPEATS)

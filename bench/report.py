@@ -61,6 +61,7 @@ def markdown(results: Dict[str, Any]) -> str:
                  f"ms | `--workers 4` (MLflow's default) {1000 * rt['median_b_s']:.1f} ms | ratio {rt['ratio']} | "
                  "(reported) | |")
     lines += dataset_rows(results)
+    lines += checkpoint_rows(results)
     return "\n".join(lines) + "\n"
 
 
@@ -80,3 +81,17 @@ def dataset_rows(results: Dict[str, Any]) -> List[str]:
                      f"{d['median_a_s']} s | record cached (stats only) {d['median_b_s']} s | "
                      f"{d['times_faster']}x faster | cached <= {goal:g} s | {_verdict(d['median_b_s'] <= goal)} |")
     return lines
+
+
+def checkpoint_rows(results: Dict[str, Any]) -> List[str]:
+    """Figure 11 (bench/checkpoints.py), where the results hold it."""
+    c = results.get("checkpoint_uploads")
+    if not c:
+        return []
+    whole = c["whole_run"]
+    return [f"| 11. checkpoint uploads during training, {c['epochs']} epochs | `mlflow.checkpoint_every_epochs=0` "
+            f"{c['per_epoch_ms_a']} ms per epoch | `=1` (the default) {c['per_epoch_ms_b']} ms per epoch | "
+            f"{c['per_epoch_cost_ms']:+} ms per epoch (ratio {c['per_epoch_ratio']}), of it "
+            f"{c['copy_ms_per_snapshot']} ms on the training thread; the server's CPU "
+            f"{c.get('server_cpu_per_epoch_ms', '?')} ms per epoch; end of run {c['end_cost_s']:+} s; whole run "
+            f"ratio {whole['ratio']} | (reported) | |"]

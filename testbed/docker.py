@@ -25,6 +25,8 @@ LOCAL_BASE = "yolov5-mlflow-test-base:bookworm"
 DOCKER_ROOT = Path(os.environ.get("TEST_DOCKER_ROOT", "/var/lib/yolov5-mlflow-tests/docker"))
 # The repository the tests' Kubernetes backend config pushes to: the image's layers pushed there once stay there.
 REPOSITORY = "yolov5-mlflow"
+# The tracking server's image (deploy/mlflow-server.Dockerfile) that the Kubernetes stand-in runs as the cluster's.
+SERVER_IMAGE = "yolov5-mlflow-test-server:3.17.2"
 
 
 # The warm-up runs beside the tests on the same 2 cores: the engine (and every build and container under it) and
@@ -56,7 +58,8 @@ class ImageWarmup(threading.Thread):
         self.image = yaml.safe_load((REPO / "MLproject").read_text())["docker_env"]["image"]
         self.registry_url = ""
         self.error: Optional[BaseException] = None
-        self.engine_up, self.registry_up, self.built, self.pushed = (threading.Event() for _ in range(4))
+        self.engine_up, self.registry_up, self.built, self.pushed, self.server_built = (
+            threading.Event() for _ in range(5))
         self._daemon: Optional[subprocess.Popen] = None
         self._registry: Optional[subprocess.Popen] = None
 
@@ -70,10 +73,12 @@ class ImageWarmup(threading.Thread):
             self.built.set()
             self._push()
             self.pushed.set()
+            self._build_server()
+            self.server_built.set()
         except BaseException as error:  # noqa: BLE001 - handed to whichever test waits for a milestone
             self.error = error
         finally:
-            for milestone in (self.engine_up, self.registry_up, self.built, self.pushed):
+            for milestone in (self.engine_up, self.registry_up, self.built, self.pushed, self.server_built):
                 milestone.set()  # nobody waits forever on a failed warm-up
 
     def wait(self, milestone: threading.Event) -> None:
@@ -114,6 +119,12 @@ class ImageWarmup(threading.Thread):
                  "making the local base image")
         _run(["docker", "build", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}", "-t", self.image, str(REPO)],
              "docker build of the project's Dockerfile")
+
+    def _build_server(self) -> None:
+        """deploy/mlflow-server.Dockerfile over the same local Debian (its pip installs reach PyPI)."""
+        _run([*_BACKGROUND, "docker", "build", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}", "-t", SERVER_IMAGE, "-f",
+              str(REPO / "deploy" / "mlflow-server.Dockerfile"), str(REPO / "deploy")],
+             "docker build of deploy/mlflow-server.Dockerfile")
 
     def _push(self) -> None:
         """The image's layers into the registry repository the Kubernetes tests push to, so their own pushes

@@ -83,6 +83,10 @@ def validate(cfg: DictConfig) -> None:
            "needs mlflow.log_model=true (only a logged model can be registered)")
     _check(m.startup_timeout_s > 0, "mlflow.startup_timeout_s", f"must be > 0, got {m.startup_timeout_s}")
     _check(m.delivery_timeout_s >= 0, "mlflow.delivery_timeout_s", f"must be >= 0, got {m.delivery_timeout_s}")
+    _check(m.checkpoint_every_epochs >= 0, "mlflow.checkpoint_every_epochs",
+           f"must be >= 0 (0: off), got {m.checkpoint_every_epochs}")
+    _check(m.checkpoint_every_minutes >= 0, "mlflow.checkpoint_every_minutes",
+           f"must be >= 0 (0: off), got {m.checkpoint_every_minutes}")
     if m.tracking_uri:
         scheme = m.tracking_uri.split(":", 1)[0].split("+", 1)[0] if ":" in m.tracking_uri else ""
         _check(scheme in _TRACKING_SCHEMES, "mlflow.tracking_uri",

@@ -8,6 +8,7 @@ returns an Outcome. A multirun's trials are checked inside the task, and its exi
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -16,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from train.config import CONF_DIR, register_schema
-from train.errors import EXIT_INTERRUPTED, EXIT_OK, Outcome, RecipeError
+from train.errors import EXIT_INTERRUPTED, EXIT_OK, BadInput, Outcome, RecipeError
 from train.exits import refuse
 
 register_schema()
@@ -84,6 +85,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_before_hydra(argv)
         return run_hydra(argv)
     except RecipeError as error:
+        if isinstance(error, BadInput) and os.environ.get("MLFLOW_RUN_ID"):
+            from train.tracking.run import record_refusal, resolve_tracking_uri
+
+            # `mlflow run` made the run before this process started (a Kubernetes pod): it says why it failed.
+            record_refusal(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")), os.environ["MLFLOW_RUN_ID"],
+                           str(error))
         return refuse(error)
     except KeyboardInterrupt:  # a sweep interrupted between or inside trials
         return EXIT_INTERRUPTED

@@ -128,6 +128,11 @@ class MlflowConfig:
     # How long, once training ends, to wait for an unreachable server before keeping the undelivered
     # record locally (train/tracking/spool.py). Keep it well under the Job's terminationGracePeriodSeconds.
     delivery_timeout_s: float = MISSING
+    # Upload the resume checkpoint during training, in the background, at an epoch's end when this many epochs or
+    # minutes have passed since the last upload (0: that interval off; both 0: only at the end of training), so a
+    # pod lost without a word (node loss, out of memory) resumes from it (train/tracking/checkpoints.py).
+    checkpoint_every_epochs: int = MISSING
+    checkpoint_every_minutes: float = MISSING
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Check a Kubernetes backend config and its Job template before anything is built or pushed.
+"""Check a Kubernetes backend config, its Job template and the cluster before anything is built or pushed.
 
 MLflow's Kubernetes backend reads the template only after building and pushing the image (minutes),
 and a wrong template then fails as a KeyError deep in its code. Checked here first: by the sweep's
@@ -60,10 +60,48 @@ def check(backend_config: Path) -> Dict[str, Any]:
     return {**backend, "kube-job-template-path": str(template)}
 
 
+def _requests(job: Dict[str, Any]) -> Dict[str, str]:
+    """What the scheduler needs a node to have free: each request, and each limit that has no request."""
+    resources = job["spec"]["template"]["spec"]["containers"][0].get("resources") or {}
+    return {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+
+
+def check_schedulable(backend: Dict[str, Any]) -> str:
+    """ConfigError when no node of the backend's cluster could ever hold the training pod's requests (a GPU the
+    cluster does not have): such a Job stays Pending, and MLflow waits on it without a word. What was checked, in
+    a line, when it fits or the nodes cannot be listed (RBAC often forbids it: the check is then skipped)."""
+    import kubernetes
+    from kubernetes.utils.quantity import parse_quantity
+
+    from train.tracking.mlflow_internals import load_kube_context
+
+    job = yaml.safe_load(Path(backend["kube-job-template-path"]).read_text())
+    wanted = {key: parse_quantity(value) for key, value in _requests(job).items()}
+    try:
+        load_kube_context(backend.get("kube-context"))
+    except Exception as error:  # noqa: BLE001 - no kubeconfig here: only the files could be checked
+        return f"the cluster not checked (no kube context: {str(error).splitlines()[0][:200]})"
+    try:
+        nodes = kubernetes.client.CoreV1Api().list_node(_request_timeout=30).items
+    except kubernetes.client.ApiException as error:
+        return f"nodes not checked (the cluster answered {error.status} {error.reason} to listing them)"
+    except Exception as error:  # noqa: BLE001 - unreachable: the submission would fail the same way
+        raise ConfigError(f"kube-context {backend.get('kube-context')!r}: the cluster cannot be reached: "
+                          f"{str(error).splitlines()[0][:200]}") from None
+    for node in nodes:
+        free = node.status.allocatable or {}
+        if all(parse_quantity(free.get(key, "0")) >= amount for key, amount in wanted.items()):
+            return f"node {node.metadata.name} can hold the pod's requests"
+    summary = ", ".join(f"{key}: {value}" for key, value in _requests(job).items())
+    raise ConfigError(f"kube-job-template-path: no node of the cluster ({len(nodes)} nodes) has what the training "
+                      f"pod requests ({summary}): its Job would stay Pending (Unschedulable) with no end; change the "
+                      f"template's resources, or submit anyway where an autoscaler adds such nodes")
+
+
 def main() -> int:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_BACKEND_CONFIG)
-    check(path)
-    print(f"{path}: backend config and Job template look right")
+    backend = check(path)
+    print(f"{path}: backend config and Job template look right; {check_schedulable(backend)}")
     return EXIT_OK
 
 

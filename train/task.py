@@ -92,6 +92,12 @@ def _refuse(error: RecipeError, config: Mapping[str, Any]) -> Outcome:
         record_refused_run(resolve_tracking_uri(config["mlflow"]["tracking_uri"]), config["mlflow"]["experiment_name"],
                            _run_name(config, sweep_tags),
                            {**sweep_tags, "hydra_overrides": " ".join(_overrides()), "error": str(error)})
+    elif isinstance(error, BadInput) and os.environ.get("MLFLOW_RUN_ID"):
+        from train.tracking.run import record_refusal, resolve_tracking_uri
+
+        # `mlflow run` made the run before this process started (a Kubernetes Job's pod): it says why it failed.
+        record_refusal(resolve_tracking_uri(config["mlflow"]["tracking_uri"]), os.environ["MLFLOW_RUN_ID"],
+                       str(error))
     _say(str(error))
     return Outcome(error.exit_code)
 

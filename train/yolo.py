@@ -11,7 +11,7 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import yaml
 
@@ -99,23 +99,31 @@ def best_epoch(results_csv: Path) -> int:
     return int(rows[len(scores) - 1 - int(np.argmax(scores[::-1]))].split(",")[0])
 
 
-def _keep_rows_through(results_csv: Path, last_epoch: int) -> None:
-    # Rows past the checkpoint (an epoch recorded but never saved) would be trained and written again.
+def keep_rows_through(results_csv: Path, last_epoch: int) -> None:
+    """Rows past the checkpoint (an epoch recorded but never saved, or uploaded before its checkpoint) would be
+    trained and written again: dropped."""
     if not results_csv.is_file():
         return
     header, *rows = results_csv.read_text().splitlines(keepends=True)
-    results_csv.write_text(header + "".join(r for r in rows if int(r.split(",")[0]) <= last_epoch))
+    results_csv.write_text(header + "".join(r for r in rows if r.strip() and int(r.split(",")[0]) <= last_epoch))
 
 
-def continue_from(opt: argparse.Namespace, checkpoint: Path) -> int:
-    """Make `opt` resume from `checkpoint` (in save_dir/weights) the way YOLOv5's --resume does; the next epoch.
+def last_row_epoch(results_csv: Path) -> Optional[int]:
+    """The epoch of results.csv's last row; None without rows."""
+    if not results_csv.is_file():
+        return None
+    rows = [r for r in results_csv.read_text().splitlines()[1:] if r.strip()]
+    return int(rows[-1].split(",")[0]) if rows else None
+
+
+def continue_from(opt: argparse.Namespace, checkpoint: Path, last_epoch: int) -> int:
+    """Make `opt` resume from `checkpoint` (in save_dir/weights, at `last_epoch`) the way YOLOv5's --resume does;
+    the next epoch.
 
     YOLOv5 reads the options of a resumed run from save_dir/opt.yaml, so ours, with this machine's paths,
     are written there.
     """
-    last_epoch = checkpoint_epoch(checkpoint)
     save = Path(opt.project) / opt.name
-    _keep_rows_through(save / "results.csv", last_epoch)
     opt.save_dir = str(save)
     (save / "opt.yaml").write_text(yaml.safe_dump(vars(opt), sort_keys=False))
     opt.resume = str(checkpoint)

@@ -39,6 +39,9 @@ class KubernetesLauncherConf:
     project_dir: str = "."  # the MLflow Project built into the image (clean: see README)
     max_parallel: int = 4
     poll_interval_s: float = 5.0
+    # A trial whose pod has not started by then (Pending: Unschedulable, an image it cannot pull, a missing Secret)
+    # is deleted and counted failed, instead of holding its place in the sweep forever.
+    start_timeout_s: float = 900.0
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="kubernetes", node=KubernetesLauncherConf,
@@ -51,16 +54,20 @@ class _Trial:
     overrides: Sequence[str]
     job_name: str = ""
     outcome: Optional[str] = None  # Complete or Failed
+    submitted: float = 0.0
+    started: bool = False
 
 
 class KubernetesLauncher(Launcher):
-    def __init__(self, backend_config: str, project_dir: str, max_parallel: int, poll_interval_s: float) -> None:
+    def __init__(self, backend_config: str, project_dir: str, max_parallel: int, poll_interval_s: float,
+                 start_timeout_s: float) -> None:
         from train.k8s_job_template import check
 
         self.backend_config = check(Path(backend_config))
         self.project_dir = str(Path(project_dir).resolve())
         self.max_parallel = max_parallel
         self.poll_interval_s = poll_interval_s
+        self.start_timeout_s = start_timeout_s
         self._image: Optional[tuple] = None  # (tag, digest), built once per sweep
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -112,7 +119,10 @@ class KubernetesLauncher(Launcher):
 
         from train.tracking.mlflow_internals import load_kube_context
 
+        from train.k8s_job_template import check_schedulable
+
         parent_run_id = os.environ[PARENT_RUN_ENV]
+        log.info(f"Cluster check: {check_schedulable(self.backend_config)}")
         load_kube_context(self.backend_config.get("kube-context"))
         api = kubernetes.client.BatchV1Api()
         trials = [_Trial(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
@@ -124,17 +134,39 @@ class KubernetesLauncher(Launcher):
                 job = self._job(trial, parent_run_id)
                 trial.job_name = job["metadata"]["name"]
                 api.create_namespaced_job(namespace=job["metadata"]["namespace"], body=job)
+                trial.submitted = time.monotonic()
                 log.info(f"\t#{trial.index} : Job {trial.job_name} : {' '.join(filter_overrides(trial.overrides))}")
                 running.append((trial, job["metadata"]["namespace"]))
             time.sleep(self.poll_interval_s)
             for trial, namespace in list(running):
                 conditions = api.read_namespaced_job_status(trial.job_name, namespace).status.conditions or []
                 done = [c.type for c in conditions if c.status == "True" and c.type in ("Complete", "Failed")]
+                if not done and not self._started(trial, namespace):
+                    done = ["Failed"]
                 if done:
                     trial.outcome = done[0]
                     running.remove((trial, namespace))
                     log.info(f"\t#{trial.index} : Job {trial.job_name} : {trial.outcome}")
         return [self._result(trial, parent_run_id) for trial in trials]
+
+    def _started(self, trial: _Trial, namespace: str) -> bool:
+        """False once a trial's pod has been waiting to start longer than start_timeout_s: its Job is deleted."""
+        import kubernetes
+
+        if trial.started:
+            return True
+        pods = kubernetes.client.CoreV1Api().list_namespaced_pod(namespace, label_selector=f"job-name={trial.job_name}")
+        if any(pod.status.phase != "Pending" for pod in pods.items):
+            trial.started = True
+            return True
+        if time.monotonic() - trial.submitted < self.start_timeout_s:
+            return True
+        why = "; ".join(_pending_reason(pod) for pod in pods.items) or "no pod was created"
+        log.error(f"\t#{trial.index} : Job {trial.job_name} : not started after {self.start_timeout_s:.0f} s "
+                  f"({why}): deleted")
+        kubernetes.client.BatchV1Api().delete_namespaced_job(trial.job_name, namespace,
+                                                              propagation_policy="Background")
+        return False
 
     def _result(self, trial: _Trial, parent_run_id: str) -> JobReturn:
         return JobReturn(overrides=list(trial.overrides), status=JobStatus.COMPLETED, task_name=trial.job_name,
@@ -154,3 +186,14 @@ class KubernetesLauncher(Launcher):
             f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.sweep_trial = '{trial.index}'"))
         metric = sanitize_key(self.config.sweep.objective)
         return runs[0].data.metrics.get(metric, math.nan) if runs else math.nan
+
+
+def _pending_reason(pod) -> str:
+    """Why a pod is not running, as the scheduler or kubelet put it."""
+    for condition in pod.status.conditions or []:
+        if condition.status == "False" and condition.reason:
+            return f"{condition.reason}: {condition.message}"
+    for status in pod.status.container_statuses or []:
+        if status.state and status.state.waiting and status.state.waiting.reason:
+            return f"{status.state.waiting.reason}: {status.state.waiting.message or ''}".rstrip(": ")
+    return "Pending"

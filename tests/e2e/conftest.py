@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +167,12 @@ def auth_tracking_server(tmp_path_factory, s3_endpoint) -> Iterator[AuthTracking
 
     server = ManagedTrackingServer(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3_endpoint,
                                    MLFLOW_AUTH_CONFIG_PATH=str(workdir / "basic_auth.ini"), **secret)
-    server.command += extra_args
+    # The hosts deploy/mlflow.yaml allows: the Kubernetes test's pods reach this server as mlflow-service.
+    deployment = next(d for d in yaml.safe_load_all((REPO / "deploy" / "mlflow.yaml").read_text())
+                      if d and d["kind"] == "Deployment")
+    allowed = [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+               if a.startswith("--allowed-hosts=")]
+    server.command += [*extra_args, *allowed]
     try:
         yield AuthTrackingServer(server.start(), secret, readiness_path)
     finally:
@@ -184,3 +191,110 @@ def recipe_run(tracking_server, cache_dir, tmp_path_factory):
     client = tracking_server.client()
     [run] = client.search_runs([client.get_experiment_by_name("e2e-learning").experiment_id])
     return run
+
+
+@pytest.fixture(scope="session")
+def server_image(docker_warmup) -> str:
+    """The tracking server's image, built from deploy/mlflow-server.Dockerfile."""
+    docker_warmup.wait(docker_warmup.server_built)
+    from testbed.docker import SERVER_IMAGE
+
+    return SERVER_IMAGE
+
+
+IN_CLUSTER_TRACKING_URI = "http://mlflow-service.kubeflow.svc.cluster.local:5000"
+
+
+@dataclass
+class Cluster:
+    """The Kubernetes stand-in with deploy/'s tracking stack in it: the MLflow server's Deployment as a container
+    on the pods' network (SQLite on a volume, artifacts proxied to S3), moto as the minio-service."""
+
+    standin: "KubeStandIn"
+    server: "Deployment"
+    s3_endpoint: str  # moto, from this machine
+    readiness: dict  # the Deployment's readiness probe
+
+    def ready(self) -> bool:
+        probe = self.readiness["httpGet"]
+        request = urllib.request.Request(f"{self.server.host_url}{probe['path']}",
+                                         headers={h["name"]: h["value"] for h in probe.get("httpHeaders", [])})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    @property
+    def uri(self) -> str:
+        """The server as the submitter reaches it (a port-forward); pods use IN_CLUSTER_TRACKING_URI."""
+        return self.server.host_url
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def s3(self):
+        return TrackingServer(self.uri, self.s3_endpoint, Path("/dev/null")).s3()
+
+    def bucket_keys(self, prefix: str) -> list:
+        return TrackingServer(self.uri, self.s3_endpoint, Path("/dev/null")).bucket_keys(prefix)
+
+    def reset(self) -> None:
+        """Between tests: the Jobs and their pods gone, the Secrets as the stack has them."""
+        self.standin.forget_jobs()
+        self.standin.secrets = {"minio-credentials": dict(self.standin.secrets["minio-credentials"])}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, server_image, registry) -> Iterator[Cluster]:
+    from testbed.servers import S3_CREDENTIALS, s3_server
+    from tests.e2e.kube_standin import KubeStandIn
+
+    documents = [d for d in yaml.safe_load_all((REPO / "deploy" / "mlflow.yaml").read_text()) if d]
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    service = next(d for d in documents if d["kind"] == "Service")
+    with s3_server(tmp_path_factory.mktemp("cluster-s3")) as endpoint, KubeStandIn() as standin:
+        minio = standin.host_service("minio-service", "kubeflow", 9000, int(endpoint.rsplit(":", 1)[1]))
+        standin.secrets["minio-credentials"] = {"AWS_ACCESS_KEY_ID": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                                "AWS_SECRET_ACCESS_KEY": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                                                "MLFLOW_S3_ENDPOINT_URL": minio}
+        server = standin.deployment(deployment, service, server_image)
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        stack = Cluster(standin, server, endpoint, container["readinessProbe"])
+        deadline = time.monotonic() + 180
+        while not stack.ready():
+            assert time.monotonic() < deadline, f"the in-cluster tracking server is not ready:\n{server.logs()[-3000:]}"
+            time.sleep(1)
+        yield stack
+
+
+def cpu_job_template(folder: Path, **spec: object) -> Path:
+    """The project's Job template as a CPU-only cluster takes it (this machine is the stand-in's one node): no GPU,
+    requests the node can hold; `spec` items set on the Job's spec (activeDeadlineSeconds=..., backoffLimit=...)."""
+    job = yaml.safe_load((REPO / "kubernetes_job_template.yaml").read_text())
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    container["resources"] = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
+    job["spec"].update(spec)
+    path = folder / "job-template.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def kube(tmp_path, registry, cluster):
+    """The stand-in cluster with its tracking stack, a kubeconfig naming it, a backend config pushing to the local
+    registry with the CPU template, and the submitter's env: the server through a port-forward, the pods' URI
+    its in-cluster name (KUBE_MLFLOW_TRACKING_URI, which MLflow gives the Job instead)."""
+    cluster.reset()
+    kubeconfig = cluster.standin.kubeconfig(tmp_path / "kubeconfig", context="standin")
+    backend = tmp_path / "k8s_backend_config.json"
+    backend.write_text(json.dumps({"kube-context": "standin", "repository-uri": f"{registry}/yolov5-mlflow",
+                                   "kube-job-template-path": str(cpu_job_template(tmp_path))}))
+    from tests.conftest import client_env
+
+    env = client_env(MLFLOW_TRACKING_URI=cluster.uri, KUBE_MLFLOW_TRACKING_URI=IN_CLUSTER_TRACKING_URI,
+                     KUBECONFIG=str(kubeconfig))
+    yield cluster, backend, env
+    cluster.reset()

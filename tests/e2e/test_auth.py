@@ -129,6 +129,7 @@ def test_the_kubernetes_pod_logs_in_with_the_secret(auth_tracking_server, base_i
                                                    tmp_path, monkeypatch):
     """`mlflow run --backend kubernetes` with the project's Job template: MLflow passes the pod no login, the
     mlflow-tracking-credentials Secret does (kubernetes_job_template.yaml's secretKeyRef, resolved by the stand-in)."""
+    from tests.e2e.conftest import cpu_job_template
     from tests.e2e.kube_standin import KubeStandIn
     from tests.e2e.test_mlflow_project import PARAMS, mlflow_run
 
@@ -139,12 +140,14 @@ def test_the_kubernetes_pod_logs_in_with_the_secret(auth_tracking_server, base_i
     with KubeStandIn() as standin:
         standin.secrets["mlflow-tracking-credentials"] = {"MLFLOW_TRACKING_USERNAME": pod_user[0],
                                                           "MLFLOW_TRACKING_PASSWORD": pod_user[1]}
+        # The server is the cluster's mlflow-service for the pods; the submitter reaches it as a port-forward.
+        in_cluster = standin.host_service("mlflow-service", "kubeflow", 5000, int(uri.rsplit(":", 1)[1]))
         backend = tmp_path / "k8s_backend_config.json"
         backend.write_text(json.dumps({"kube-context": "standin", "repository-uri": f"{registry}/yolov5-mlflow",
-                                       "kube-job-template-path": str(REPO / "kubernetes_job_template.yaml")}))
+                                       "kube-job-template-path": str(cpu_job_template(tmp_path))}))
         # The submitter logs in too (it creates the run); the same user, so the pod may log to it.
         kubeconfig = standin.kubeconfig(tmp_path / "kubeconfig", context="standin")
-        env = client_env(MLFLOW_TRACKING_URI=uri, KUBECONFIG=str(kubeconfig),
+        env = client_env(MLFLOW_TRACKING_URI=uri, KUBE_MLFLOW_TRACKING_URI=in_cluster, KUBECONFIG=str(kubeconfig),
                          MLFLOW_TRACKING_USERNAME=pod_user[0], MLFLOW_TRACKING_PASSWORD=pod_user[1])
         proc = mlflow_run(project_copy, tmp_path, env, "--backend", "kubernetes", "--backend-config", str(backend),
                           "--build-image", "--experiment-name", "e2e-auth-kubernetes", *PARAMS)

@@ -17,8 +17,8 @@ import kubernetes_validate
 import pytest
 
 from tests.conftest import TINY, client_env, why
-from tests.e2e.conftest import registry_digest
-from tests.e2e.kube_standin import NODE_NAME, KubeStandIn
+from tests.e2e.conftest import IN_CLUSTER_TRACKING_URI, registry_digest
+from tests.e2e.kube_standin import NODE_NAME
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # The tiny settings, less what has its own MLproject parameter.
@@ -59,22 +59,10 @@ def test_docker_env_run_finishes_with_artifacts_in_the_bucket(tracking_server, b
     assert {"logs/train.log", "training-output/weights/best.pt"} <= artifact_keys(tracking_server, run)
 
 
-@pytest.fixture
-def kube(tmp_path, registry, tracking_server):
-    """The stand-in API, a kubeconfig naming it, and a backend config pushing to the local registry."""
-    with KubeStandIn() as standin:
-        kubeconfig = standin.kubeconfig(tmp_path / "kubeconfig", context="standin")
-        backend = tmp_path / "k8s_backend_config.json"
-        template = Path(__file__).resolve().parents[2] / "kubernetes_job_template.yaml"
-        backend.write_text(json.dumps({"kube-context": "standin", "repository-uri": f"{registry}/yolov5-mlflow",
-                                       "kube-job-template-path": str(template)}))
-        env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, KUBECONFIG=str(kubeconfig))
-        yield standin, backend, env
-
-
 def _kubernetes_run(project_copy, tmp_path, kube, experiment: str, *params: str):
     """(mlflow run's process, the one Job it submitted)"""
-    standin, backend, env = kube
+    cluster, backend, env = kube
+    standin = cluster.standin
     # --build-image: without it MLflow 3 pushes and runs the base image unchanged, without the project's code.
     proc = mlflow_run(project_copy, tmp_path, env, "--backend", "kubernetes", "--backend-config", str(backend),
                       "--build-image", "--experiment-name", experiment, *params)
@@ -82,8 +70,9 @@ def _kubernetes_run(project_copy, tmp_path, kube, experiment: str, *params: str)
     return proc, next(iter(standin.jobs.values()))
 
 
-def test_kubernetes_backend_builds_pushes_submits_and_finishes(tracking_server, base_image, project_copy, registry,
+def test_kubernetes_backend_builds_pushes_submits_and_finishes(base_image, project_copy, registry,
                                                                kube, tmp_path):
+    cluster = kube[0]
     proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes", *PARAMS)
     assert proc.returncode == 0, why(proc) + job.logs[-3000:]
 
@@ -93,8 +82,8 @@ def test_kubernetes_backend_builds_pushes_submits_and_finishes(tracking_server, 
     assert manifest["metadata"]["name"].startswith("yolov5-mlflow-")
     [container] = manifest["spec"]["template"]["spec"]["containers"]
     env = {v["name"]: v.get("value") for v in container["env"]}
-    run = only_run(tracking_server, "e2e-kubernetes")
-    assert env["MLFLOW_RUN_ID"] == run.info.run_id and env["MLFLOW_TRACKING_URI"] == tracking_server.uri
+    run = only_run(cluster, "e2e-kubernetes")
+    assert env["MLFLOW_RUN_ID"] == run.info.run_id and env["MLFLOW_TRACKING_URI"] == IN_CLUSTER_TRACKING_URI
 
     # The image is the one pushed, by digest, and the run carries that digest.
     repository, digest = container["image"].split("@")
@@ -105,24 +94,27 @@ def test_kubernetes_backend_builds_pushes_submits_and_finishes(tracking_server, 
     assert run.data.tags["env.k8s_node"] == NODE_NAME and run.data.tags["env.gpu"] == "none"
 
     # The training inside the container logged to the tracking server, and both sides say FINISHED.
-    assert job.exit_code == 0 and job.status["conditions"][0]["type"] == "Complete"
+    assert job.exit_code == 0 and job.condition("Complete") and len(job.pods) == 1
     assert run.info.status == "FINISHED"
     assert "metrics/mAP_0.5_0.95" in run.data.metrics and run.data.params["train.epochs"] == "1"
-    assert {"logs/train.log", "training-output/weights/best.pt"} <= artifact_keys(tracking_server, run)
+    assert {"logs/train.log", "training-output/weights/best.pt"} <= artifact_keys(cluster, run)
 
 
-def test_kubernetes_training_failure_is_failed_on_both_sides(tracking_server, base_image, project_copy, registry,
+def test_kubernetes_training_failure_is_failed_on_both_sides(base_image, project_copy, registry,
                                                             kube, tmp_path):
+    cluster = kube[0]
     # A model yaml that exists but is no model: YOLOv5 fails building it, once the run is open.
     overrides = f"{OVERRIDES} model.cfg=/etc/hostname"
     proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-failing",
                                 *PARAMS[:-1], f"overrides={overrides}")
     assert proc.returncode != 0
-    assert job.exit_code == 1 and job.status["conditions"][0]["type"] == "Failed"
+    # A crash is retried (backoffLimit 2): three pods, each failing the same way, then the Job fails.
+    assert len(job.pods) == 3 and {p.exit_code for p in job.pods} == {1}
+    assert job.condition("Failed")["reason"] == "BackoffLimitExceeded"
     assert "error: training failed" in job.logs
-    run = only_run(tracking_server, "e2e-kubernetes-failing")
+    run = only_run(cluster, "e2e-kubernetes-failing")
     assert run.info.status == "FAILED"
-    assert "logs/train.log" in artifact_keys(tracking_server, run)  # the pod uploaded its own log
+    assert "logs/train.log" in artifact_keys(cluster, run)  # the pod uploaded its own log
 
 
 def test_sweep_entry_point_in_docker_nests_trials_under_the_project_run(tracking_server, base_image, project_copy,
@@ -139,24 +131,27 @@ def test_sweep_entry_point_in_docker_nests_trials_under_the_project_run(tracking
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children) and len(rows) == 2
 
 
-def test_sweep_entry_point_as_one_kubernetes_job(tracking_server, base_image, project_copy, registry, kube, tmp_path):
+def test_sweep_entry_point_as_one_kubernetes_job(base_image, project_copy, registry, kube, tmp_path):
     from tests.e2e.test_sweeps import sweep_record
+    cluster = kube[0]
 
     proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-sweep", "-e", "sweep",
                                 "-P", f"sweep={' '.join(TINY)} train.epochs=1 hyp.lr0=0.01,0.001")
     assert proc.returncode == 0, why(proc) + job.logs[-3000:]
-    parent, children, rows = sweep_record(tracking_server, "e2e-kubernetes-sweep")
+    parent, children, rows = sweep_record(cluster, "e2e-kubernetes-sweep")
     assert parent.info.run_id == {v["name"]: v.get("value") for v in
                                   job.manifest["spec"]["template"]["spec"]["containers"][0]["env"]}["MLFLOW_RUN_ID"]
     assert parent.info.status == "FINISHED" and len(children) == 2 and len(rows) == 2
 
 
-def test_kubernetes_launcher_runs_each_trial_as_a_job(tracking_server, base_image, project_copy, registry, kube,
+def test_kubernetes_launcher_runs_each_trial_as_a_job(base_image, project_copy, registry, kube,
                                                      tmp_path, cache_dir):
     from tests.conftest import train_cli
     from tests.e2e.test_sweeps import sweep_record
+    cluster = kube[0]
 
-    standin, backend, env = kube
+    _, backend, env = kube
+    standin = cluster.standin
     env = {**env, "MLFLOW_EXPERIMENT_NAME": "e2e-kubernetes-launcher"}
     proc = train_cli(tmp_path, cache_dir, [
         "-m", "hydra/launcher=kubernetes", f"hydra.launcher.backend_config={backend}",
@@ -168,29 +163,33 @@ def test_kubernetes_launcher_runs_each_trial_as_a_job(tracking_server, base_imag
     for job in standin.jobs.values():
         kubernetes_validate.validate(job.manifest, kubernetes_validate.latest_version(), strict=True)
         assert job.exit_code == 0, job.logs[-3000:]
-    parent, children, rows = sweep_record(tracking_server, "e2e-kubernetes-launcher")
+    parent, children, rows = sweep_record(cluster, "e2e-kubernetes-launcher")
     assert parent.info.status == "FINISHED" and len(children) == 3
     assert sorted(c.data.params["hyp.lr0"] for c in children) == ["0.002", "0.005", "0.01"]
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
 
 
-def test_kubernetes_job_trains_on_a_dataset_in_s3_with_only_the_minio_secret(tracking_server, base_image, project_copy,
+def test_kubernetes_job_trains_on_a_dataset_in_s3_with_only_the_minio_secret(base_image, project_copy,
                                                                              registry, kube, team_s3, tmp_path):
     """`-P data=s3://...`: the pod reads the team's bucket with what the minio-credentials Secret holds (as the
     template references it), and nothing from the submitter."""
     from tests.conftest import DATA_BUCKET, yolo_dataset
+    cluster = kube[0]
 
     files = team_s3.upload_folder(yolo_dataset(tmp_path / "data", seed=14), "k8s-widgets")
-    standin, _, _ = kube
-    standin.secrets["minio-credentials"] = {key: team_s3.env()[key] for key in
-                                            ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")}
+    # The team's MinIO is another Service of the cluster; the pods' minio-credentials name it.
+    team_port = int(team_s3.endpoint.rsplit(":", 1)[1])
+    endpoint = cluster.standin.host_service("team-minio", "kubeflow", 9001, team_port)
+    cluster.standin.secrets["minio-credentials"] = {**{key: team_s3.env()[key] for key in
+                                                       ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+                                                    "MLFLOW_S3_ENDPOINT_URL": endpoint}
     uri = f"s3://{DATA_BUCKET}/k8s-widgets/"
     proc, job = _kubernetes_run(project_copy, tmp_path, kube, "e2e-kubernetes-own-data", *PARAMS, "-P", f"data={uri}")
     assert proc.returncode == 0, why(proc) + job.logs[-3000:]
 
     [container] = job.manifest["spec"]["template"]["spec"]["containers"]
     assert not [v for v in container["env"] if v["name"].startswith(("AWS_", "MLFLOW_S3")) and "value" in v]
-    run = only_run(tracking_server, "e2e-kubernetes-own-data")
+    run = only_run(cluster, "e2e-kubernetes-own-data")
     assert run.info.status == "FINISHED" and run.data.params["data.source"] == uri
     assert {json.loads(item.dataset.source)["uri"] for item in run.inputs.dataset_inputs} == {uri}
     assert team_s3.object_downloads("k8s-widgets/") == files

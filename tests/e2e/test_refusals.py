@@ -96,6 +96,8 @@ ROWS = [
     Row("train.device='0,99'", train("train.device='0,99'"),
         "error: train.device: '0,99' asks for CUDA device {first_missing_of_0_99}, but this machine has"),
     Row("mlflow.experiment_name=''", train("mlflow.experiment_name=''"), "error: mlflow.experiment_name: must not"),
+    Row("mlflow.checkpoint_every_epochs=-1", train("mlflow.checkpoint_every_epochs=-1"),
+        "error: mlflow.checkpoint_every_epochs: must be >= 0 (0: off), got -1", whole=True),
     Row("-P epochs=abc", mlproject(epochs="abc"), "error: train.epochs: Value 'abc'"),
     Row("-P foo=bar", mlproject(foo="bar"), "error: MLproject parameters: unrecognized arguments: --foo bar"),
     Row("-P overrides=train.batch=8", mlproject(overrides="train.batch=8"),

@@ -32,7 +32,7 @@ def with_login(uri: str, user: str, password: str) -> str:
 
 def launcher(tracking_uri: str) -> KubernetesLauncher:
     made = KubernetesLauncher(backend_config=str(REPO / "k8s_backend_config.json"), project_dir=str(REPO),
-                              max_parallel=2, poll_interval_s=0.1)
+                              max_parallel=2, poll_interval_s=0.1, start_timeout_s=60)
     # As if the sweep's image were already built and pushed: (project name, tag, digest).
     made._image = ("yolov5-mlflow", "registry.example.com/ml/yolov5-mlflow:test", "sha256:" + "0" * 64)
     config = OmegaConf.create({"mlflow": {"tracking_uri": tracking_uri}, "sweep": {"objective": "metrics/x"}})

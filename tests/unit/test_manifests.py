@@ -101,7 +101,7 @@ def launcher_jobs() -> list:
         env.chdir(REPO)
         env.delenv("KUBE_MLFLOW_TRACKING_URI", raising=False)
         launcher = KubernetesLauncher(backend_config=str(REPO / "k8s_backend_config.json"), project_dir=str(REPO),
-                                      max_parallel=2, poll_interval_s=0.1)
+                                      max_parallel=2, poll_interval_s=0.1, start_timeout_s=60)
         launcher._image = ("yolov5-mlflow", IMAGE_TAG, IMAGE_DIGEST)
         launcher.setup(hydra_context=None, task_function=None, config=OmegaConf.create(
             {"mlflow": {"tracking_uri": IN_CLUSTER_TRACKING_URI}, "sweep": {"objective": "metrics/mAP_0.5"}}))

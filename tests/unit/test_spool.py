@@ -191,6 +191,20 @@ def test_an_epoch_put_while_another_is_in_flight_stays_owed_until_it_is_delivere
     assert client.delivered == [[0], [1]]
 
 
+def test_delivered_through_says_when_the_server_holds_every_epoch_up_to_one(client, store_uri, run_id):
+    """What the checkpoint uploader waits for (train/tracking/checkpoints.py)."""
+    spool = MetricSpool(store_uri, run_id)
+    assert spool.delivered_through(5)  # nothing owed
+    spool.put(0, _epoch(0))
+    _wait_for(lambda: spool.delivered_through(0), "epoch 0")
+    client.down.set()
+    spool.put(1, _epoch(1))
+    assert spool.delivered_through(0) and not spool.delivered_through(1) and not spool.delivered_through(7)
+    client.down.clear()
+    _wait_for(lambda: spool.delivered_through(1), "epoch 1")
+    assert spool.close(WAIT_S) == []
+
+
 def test_close_with_nothing_put_returns_at_once(client, store_uri, run_id):
     spool = MetricSpool(store_uri, run_id)
     started = time.monotonic()

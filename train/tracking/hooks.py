@@ -21,6 +21,17 @@ def results_columns(results_csv: Path) -> List[str]:
     return [cell.strip() for cell in header.split(",")][1:]
 
 
+def last_row_metrics(results_csv: Path) -> Dict[str, float]:
+    """results.csv's last row as the metrics its epoch logged; empty without rows."""
+    if not results_csv.is_file():
+        return {}
+    rows = [r for r in results_csv.read_text().splitlines()[1:] if r.strip()]
+    if not rows:
+        return {}
+    values = [float(cell) for cell in rows[-1].split(",")[1:]]
+    return {sanitize_key(name): value for name, value in zip(results_columns(results_csv), values)}
+
+
 class MlflowHooks:
     def __init__(self, spool: MetricSpool, save_dir: Path) -> None:
         self.spool = spool

@@ -29,7 +29,7 @@ LOG = "logs/train.log"
 RECORDED_CONFIG = "config/config.yaml"
 # Always this machine's: where it keeps things and how it reaches the server.
 LOCAL_KEYS = ("train.resume", "paths", "fetch", "mlflow.tracking_uri", "mlflow.startup_timeout_s",
-              "mlflow.delivery_timeout_s")
+              "mlflow.delivery_timeout_s", "mlflow.checkpoint_every_epochs", "mlflow.checkpoint_every_minutes")
 # How this machine trains, not what: the record's unless given on the command line (workers changes the
 # augmentations' random streams, so a reproduction keeps the record's unless told otherwise).
 MACHINE_KEYS = ("train.device", "train.workers")
@@ -115,8 +115,20 @@ def plan(tracking_uri: str, config: Mapping[str, Any], overrides: Sequence[str])
     return Resumption(run_id, merged(config, recorded_config(client, run_id), overrides))
 
 
-def fetch(tracking_uri: str, run_id: str, save_dir: Path, log_path: Path) -> Path:
-    """The run's last and best checkpoints, results.csv and console log, where YOLOv5 and the log tee go on."""
+@dataclass
+class Checkpoint:
+    path: Path  # last.pt, in save_dir/weights
+    epoch: int  # the last epoch it holds
+    finished: bool  # nothing left to train: its epoch is the last, or YOLOv5 stripped it (training over)
+
+
+def fetch(tracking_uri: str, run_id: str, save_dir: Path, log_path: Path, epochs: int) -> Checkpoint:
+    """The run's last and best checkpoints, results.csv and console log, where YOLOv5 and the log tee go on.
+
+    results.csv can be an epoch ahead of last.pt (uploaded first during training, and a kill can fall between the
+    two): its rows past the checkpoint are dropped, to be trained and written again."""
+    from train import yolo
+
     client = MlflowClient(tracking_uri=tracking_uri)
     weights = save_dir / "weights"
     weights.mkdir(parents=True, exist_ok=True)
@@ -129,4 +141,9 @@ def fetch(tracking_uri: str, run_id: str, save_dir: Path, log_path: Path) -> Pat
             Path(client.download_artifacts(run_id, artifact, str(save_dir.parent / "resume"))).replace(target)
         except MlflowException:
             pass  # a run killed before its first epoch ended has none of them
-    return last
+    epoch = yolo.checkpoint_epoch(last)
+    if epoch == -1:  # stripped: YOLOv5 finished training (killed during its final validation, or after)
+        found = yolo.last_row_epoch(save_dir / "results.csv")
+        return Checkpoint(last, epochs - 1 if found is None else found, True)
+    yolo.keep_rows_through(save_dir / "results.csv", epoch)
+    return Checkpoint(last, epoch, epoch + 1 >= epochs)

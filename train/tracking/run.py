@@ -188,6 +188,19 @@ def record_refused_run(tracking_uri: str, experiment_name: str, run_name: str, t
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
+def record_refusal(tracking_uri: str, run_id: str, error: str) -> None:
+    """The run `mlflow run` opened for this process, FAILED with the refusal as its `error` tag; a run that already
+    ended (a FINISHED one named by mistake) or cannot be reached is left as it is: the console line still says why."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
+            return
+        client.set_tag(run_id, "error", redact(error))
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except Exception:  # noqa: BLE001 - the refusal itself is what the user must see
+        pass
+
+
 def ui_command(tracking_uri: str) -> str:
     """A command that opens the UI over a local store, as printed: it works without an activated venv."""
     from train.hints import mlflow_command

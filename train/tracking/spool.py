@@ -77,6 +77,11 @@ class MetricSpool:
             self._unacknowledged.append(points)
         self._queue.put(points)
 
+    def delivered_through(self, step: int) -> bool:
+        """Whether the server holds every point put so far of the steps up to `step`."""
+        with self._lock:
+            return all(points.step > step for points in self._unacknowledged)
+
     def close(self, timeout_s: float) -> List[EpochPoints]:
         """Wait up to `timeout_s` for the server to hold every point; return those it still does not."""
         self._queue.put(None)
