@@ -7,9 +7,11 @@ uploaded in the background, the newest only). Each run is watched from outside (
 epoch is from the first epoch's end to the last's, divided by the epochs between, so the start and the end of the
 run are left out; the figure is the difference and the ratio of the two sides' medians. The end of a run (last
 epoch to exit) is reported too: B waits there for an upload still in flight. The training thread's own share, the
-copy of the files into the snapshot, is what each B run reports in its train.log (its median per snapshot); the
-tracking server's CPU per epoch (it proxies every upload to S3) is the difference of the two sides' medians. Here the
-server and the S3 server share the machine's cores with the training, as in no cluster. No model is logged (the same on both sides, and seconds of each run's end).
+copy of the files into the snapshot, is what each B run reports in its train.log (its median per snapshot, and
+the snapshot's size). The uploads' CPU: the tracking server's per epoch (it proxies every upload to S3), the
+difference of the two sides' medians; the training process's side of one snapshot's upload, measured alone
+(thread CPU time). Here the tracking server and the S3 server share the machine's cores with the training, as in
+no cluster: the wall-clock cost per epoch includes their work. No model is logged (the same on both sides, and seconds of each run's end).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from typing import Any, Dict, List
 from bench.harness import Timed, datasets, interleaved, servers
 from bench.report import TABLE_HEADER, checkpoint_rows
 from bench.tracking import Settings, TrackedRuns
+from train.tracking.record import RunRecord
 
 RESULTS = Path(__file__).resolve().parent / "results"
-_COPY_MS = re.compile(r"Checkpoint uploads during training: (\d+) snapshots \(([\d.]+) ms each on the training thread")
+_SUMMARY = re.compile(r"Checkpoint uploads during training: (\d+) snapshots \(([\d.]+) ms each on the training "
+                      r"thread, ([\d.]+) MB, medians\), (\d+) uploaded")
 
 
 def _per_epoch_s(timed: Timed) -> float:
@@ -39,13 +43,33 @@ def _per_epoch_s(timed: Timed) -> float:
     return (ends[-1] - ends[0]) / (len(ends) - 1)
 
 
-def _copy_ms(timed: Timed) -> float:
-    """The median snapshot copy the run reported in its train.log."""
+def _summary(timed: Timed) -> Dict[str, float]:
+    """What the run reported in its train.log: snapshots, their median copy time and size, uploads."""
     [log] = list(timed.folder.glob("**/train.log"))
-    found = _COPY_MS.search(log.read_text())
+    found = _SUMMARY.search(log.read_text())
     if not found:
         raise RuntimeError(f"{log}: no checkpoint upload summary")
-    return float(found.group(2))
+    return {"snapshots": int(found.group(1)), "copy_ms": float(found.group(2)), "MB": float(found.group(3)),
+            "uploaded": int(found.group(4))}
+
+
+def upload_cpu_ms(runs: TrackedRuns, mb: float, repeats: int) -> float:
+    """CPU milliseconds this thread spends uploading `mb` MB as a snapshot does (a file through the run's record to
+    the server, which proxies it to S3): the thread's own CPU time, which a busy machine does not inflate as it
+    inflates wall-clock time. Median of `repeats`."""
+    client = runs.client
+    run = client.create_run(client.create_experiment(runs.next_name("upload-cpu")))
+    record = RunRecord(client, run.info.run_id)
+    path = runs.workdir / "upload-cpu" / "last.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(int(mb * 1e6)))  # incompressible, as a checkpoint is nearly
+    record.log_file(path, "training-output/weights")  # the connection and the server's first write, untimed
+    spent = []
+    for _ in range(repeats):
+        started = time.thread_time()
+        record.log_file(path, "training-output/weights")
+        spent.append(time.thread_time() - started)
+    return round(1000 * median(spent), 1)
 
 
 def checkpoint_uploads(runs: TrackedRuns, settings: Settings, epochs: int, pairs: int) -> Dict[str, Any]:
@@ -66,7 +90,7 @@ def checkpoint_uploads(runs: TrackedRuns, settings: Settings, epochs: int, pairs
 
     whole = interleaved(pairs, lambda: run(0, off), lambda: run(1, on))
     per_epoch_a, per_epoch_b = [_per_epoch_s(t) for t in off], [_per_epoch_s(t) for t in on]
-    copies = [_copy_ms(t) for t in on]
+    reported = [_summary(t) for t in on]
     end_a, end_b = median(t.end_s for t in off), median(t.end_s for t in on)
     return {
         "epochs": epochs, "pairs": pairs,
@@ -74,13 +98,19 @@ def checkpoint_uploads(runs: TrackedRuns, settings: Settings, epochs: int, pairs
         "per_epoch_cost_ms": round(1000 * (median(per_epoch_b) - median(per_epoch_a)), 1),
         "per_epoch_ratio": round(median(per_epoch_b) / median(per_epoch_a), 4),
         "end_cost_s": round(end_b - end_a, 3),
-        "copy_ms_per_snapshot": round(median(copies), 1),
-        # The tracking server's CPU (it proxies the uploads to S3; here it shares the cores with the training).
+        "copy_ms_per_snapshot": median(r["copy_ms"] for r in reported),
+        "MB_per_snapshot": median(r["MB"] for r in reported),
+        "uploaded_of_snapshots": [[r["uploaded"], r["snapshots"]] for r in reported],
+        # The tracking server's CPU per epoch: it proxies every upload to S3, and here shares the cores with the
+        # training (as does the S3 server, not counted), as in no cluster.
         "server_cpu_per_epoch_ms": round(1000 * (median(server_cpu[1]) - median(server_cpu[0])) / epochs, 1),
+        # The training process's side of one snapshot's upload (the background thread's requests), measured alone.
+        "client_cpu_ms_per_snapshot": upload_cpu_ms(runs, median(r["MB"] for r in reported), pairs),
+        "pair_ratios_per_epoch": [round(b / a, 3) for a, b in zip(per_epoch_a, per_epoch_b)],
         "whole_run": whole.summary(),
         "per_epoch_ms_a_all": [round(1000 * x, 1) for x in per_epoch_a],
         "per_epoch_ms_b_all": [round(1000 * x, 1) for x in per_epoch_b],
-        "copy_ms_all": copies,
+        "reported": reported,
     }
 
 

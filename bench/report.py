@@ -88,10 +88,10 @@ def checkpoint_rows(results: Dict[str, Any]) -> List[str]:
     c = results.get("checkpoint_uploads")
     if not c:
         return []
-    whole = c["whole_run"]
     return [f"| 11. checkpoint uploads during training, {c['epochs']} epochs | `mlflow.checkpoint_every_epochs=0` "
             f"{c['per_epoch_ms_a']} ms per epoch | `=1` (the default) {c['per_epoch_ms_b']} ms per epoch | "
-            f"{c['per_epoch_cost_ms']:+} ms per epoch (ratio {c['per_epoch_ratio']}), of it "
-            f"{c['copy_ms_per_snapshot']} ms on the training thread; the server's CPU "
-            f"{c.get('server_cpu_per_epoch_ms', '?')} ms per epoch; end of run {c['end_cost_s']:+} s; whole run "
-            f"ratio {whole['ratio']} | (reported) | |"]
+            f"{c['per_epoch_cost_ms']:+} ms per epoch (ratio {c['per_epoch_ratio']}; whole run "
+            f"{c['whole_run']['ratio']}); {c['MB_per_snapshot']} MB a snapshot: on the training thread "
+            f"{c['copy_ms_per_snapshot']} ms (the copy), the upload thread's CPU {c['client_cpu_ms_per_snapshot']} ms, "
+            f"the server's CPU {c['server_cpu_per_epoch_ms']:+} ms per epoch; end of run {c['end_cost_s']:+} s | "
+            "(reported) | |"]

@@ -129,6 +129,13 @@ class ImageWarmup(threading.Thread):
     def _push(self) -> None:
         """The image's layers into the registry repository the Kubernetes tests push to, so their own pushes
         (the image plus one layer of project code) send only that layer."""
+        # Tags an earlier session's registry (another port) left on the images `mlflow run` builds: MLflow pushes an
+        # image's first tag, which could name that registry, gone now.
+        stale = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                               text=True).stdout.split()
+        for tag in stale:
+            if tag.split("/", 1)[-1].startswith(f"{REPOSITORY}:") and not tag.startswith(f"{self.registry_url}/"):
+                subprocess.run(["docker", "rmi", "--no-prune", tag], capture_output=True)
         warm = f"{self.registry_url}/{REPOSITORY}:warmup"
         _run(["docker", "tag", self.image, warm], "docker tag")
         _run(["docker", "push", warm], "docker push of the image's layers")

@@ -8,7 +8,6 @@ returns an Outcome. A multirun's trials are checked inside the task, and its exi
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -17,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from train.config import CONF_DIR, register_schema
-from train.errors import EXIT_INTERRUPTED, EXIT_OK, BadInput, Outcome, RecipeError
+from train.errors import EXIT_INTERRUPTED, EXIT_OK, Outcome, RecipeError
 from train.exits import refuse
 
 register_schema()
@@ -61,9 +60,10 @@ def check_before_hydra(argv: Sequence[str]) -> None:
         compose_config(_overrides(argv))
     backend_config = _kubernetes_backend_config(argv)
     if backend_config:
-        from train.k8s_job_template import check
+        from train.k8s_job_template import check, check_schedulable
 
-        check(backend_config)  # before a parent run exists and before any image is built
+        # Before a parent run exists and before any image is built: the files, then the cluster's nodes.
+        print(f"Kubernetes: {check_schedulable(check(backend_config))}", file=sys.stderr)
 
 
 def run_hydra(argv: Sequence[str]) -> int:
@@ -85,12 +85,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_before_hydra(argv)
         return run_hydra(argv)
     except RecipeError as error:
-        if isinstance(error, BadInput) and os.environ.get("MLFLOW_RUN_ID"):
-            from train.tracking.run import record_refusal, resolve_tracking_uri
-
-            # `mlflow run` made the run before this process started (a Kubernetes pod): it says why it failed.
-            record_refusal(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")), os.environ["MLFLOW_RUN_ID"],
-                           str(error))
         return refuse(error)
     except KeyboardInterrupt:  # a sweep interrupted between or inside trials
         return EXIT_INTERRUPTED

@@ -15,12 +15,18 @@ from typing import Callable, NoReturn, Optional
 
 from train import offline
 from train.console import ConsoleTee
-from train.errors import RecipeError
+from train.errors import BadInput, RecipeError
 from train.redact import redact
 
 
 def refuse(error: RecipeError) -> int:
-    """The error's one line on stderr; its exit code."""
+    """The error's one line on stderr; its exit code. Bad input in a process `mlflow run` started (a Kubernetes
+    pod, a Docker run) ends the run it opened FAILED, saying why: nothing else would."""
+    if isinstance(error, BadInput) and os.environ.get("MLFLOW_RUN_ID"):
+        from train.tracking.run import record_refusal, resolve_tracking_uri
+
+        record_refusal(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")), os.environ["MLFLOW_RUN_ID"],
+                       str(error))
     print(f"error: {redact(str(error))}", file=sys.stderr)
     return error.exit_code
 

@@ -119,10 +119,7 @@ class KubernetesLauncher(Launcher):
 
         from train.tracking.mlflow_internals import load_kube_context
 
-        from train.k8s_job_template import check_schedulable
-
         parent_run_id = os.environ[PARENT_RUN_ENV]
-        log.info(f"Cluster check: {check_schedulable(self.backend_config)}")
         load_kube_context(self.backend_config.get("kube-context"))
         api = kubernetes.client.BatchV1Api()
         trials = [_Trial(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]

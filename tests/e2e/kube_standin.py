@@ -273,19 +273,23 @@ class KubeStandIn:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
-    def forget_jobs(self) -> None:
-        """Every Job and pod gone (containers removed): what the next test starts from."""
+    def _remove_pods(self) -> None:
         for job in [*self.jobs.values(), *self.deleted_jobs]:
             job.deleted.set()
             for pod in job.pods:
                 _docker("rm", "--force", pod.docker_name, check=False)
             job.done.wait(timeout=60)
+
+    def forget_jobs(self) -> None:
+        """Every Job and pod gone (containers removed): what the next test starts from."""
+        self._remove_pods()
         self.jobs.clear()
         self.deleted_jobs.clear()
 
     def __exit__(self, *exc) -> None:
+        """Containers, volumes and the network removed; the Jobs' records stay for the test to read."""
         self._server.shutdown()
-        self.forget_jobs()
+        self._remove_pods()
         for deployment in self._deployments:
             _docker("rm", "--force", "--volumes", deployment.container_name, check=False)
             for volume in deployment.volumes:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 from tests.e2e.conftest import cpu_job_template
+from tests.e2e.kube_standin import NODE_NAME
 from tests.e2e.test_mlflow_project import MLFLOW, OVERRIDES
 
 EPOCHS = 8
@@ -126,6 +127,7 @@ def test_eviction_mid_training_continues_the_same_run_to_finished(base_image, pr
     tags = run.data.tags
     assert tags["attempt"] == "2" and tags["attempt.1.ended"].startswith("KILLED")
     assert tags["attempt.1.pod"] == first.name and tags["attempt.2.pod"] == job.pods[1].name
+    assert tags["attempt.1.node"] == tags["attempt.2.node"] == NODE_NAME
 
 
 def test_node_loss_mid_training_resumes_from_the_checkpoint_uploaded_during_training(base_image, project_copy,
@@ -200,7 +202,7 @@ def yaml_edit(path: Path, change) -> Path:
 def test_bad_input_in_a_pod_fails_once_by_pod_failure_policy_and_the_run_says_why(base_image, project_copy, registry,
                                                                                  kube, tmp_path):
     cluster = kube[0]
-    params = [*PARAMS[:-1], f"overrides={OVERRIDES} model.weights=/no/such/weights.pt"]
+    params = [*PARAMS, "-P", "weights=/no/such/weights.pt"]
     started = time.monotonic()
     done = finish(submit(project_copy, tmp_path, kube, "k8s-bad-input", *params))
     report("bad input", failed=time.monotonic() - started)
@@ -209,7 +211,7 @@ def test_bad_input_in_a_pod_fails_once_by_pod_failure_policy_and_the_run_says_wh
     assert len(job.pods) == 1 and job.exit_code == 2
     assert job.condition("Failed")["reason"] == "PodFailurePolicy"
     [run] = cluster.client().search_runs([cluster.client().get_experiment_by_name("k8s-bad-input").experiment_id])
-    assert run.info.status == "FAILED"
+    assert run.info.status == "FAILED" and "model.weights" in run.data.tags.get("error", ""), job.logs[-3000:]
 
 
 def test_unschedulable_pod_is_refused_before_submitting_and_bounded_after(base_image, project_copy, registry, kube,

@@ -193,3 +193,47 @@ def test_kubernetes_job_trains_on_a_dataset_in_s3_with_only_the_minio_secret(bas
     assert run.info.status == "FINISHED" and run.data.params["data.source"] == uri
     assert {json.loads(item.dataset.source)["uri"] for item in run.inputs.dataset_inputs} == {uri}
     assert team_s3.object_downloads("k8s-widgets/") == files
+
+
+def test_kubernetes_launcher_refuses_a_pod_no_node_can_hold_before_building(base_image, project_copy, registry,
+                                                                          kube, tmp_path, cache_dir):
+    """The project's template asks for a GPU; the stand-in's one node has none: one line, exit 2, nothing built."""
+    from tests.conftest import train_cli
+
+    cluster, backend, env = kube
+    config = {**json.loads(backend.read_text()),
+              "kube-job-template-path": str(Path(__file__).resolve().parents[2] / "kubernetes_job_template.yaml")}
+    backend.write_text(json.dumps(config))
+    proc = train_cli(tmp_path, cache_dir, [
+        "-m", "hydra/launcher=kubernetes", f"hydra.launcher.backend_config={backend}",
+        f"hydra.launcher.project_dir={project_copy}", *TINY, "train.epochs=1", "hyp.lr0=0.01,0.005"],
+        env={**env, "MLFLOW_EXPERIMENT_NAME": "e2e-kubernetes-launcher-gpu"})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "nvidia.com/gpu" in proc.stderr.strip().splitlines()[-1]
+    assert not cluster.standin.jobs
+
+
+def test_kubernetes_launcher_gives_up_on_a_trial_whose_pod_never_starts(base_image, project_copy, registry, kube,
+                                                                       tmp_path, cache_dir):
+    """A Secret the template requires does not exist: the pod waits in CreateContainerConfigError, as in a cluster.
+    After hydra.launcher.start_timeout_s the trial's Job is deleted and the trial counted failed, with the reason."""
+    import yaml
+
+    from tests.conftest import train_cli
+
+    cluster, backend, env = kube
+    template = Path(json.loads(backend.read_text())["kube-job-template-path"])
+    job = yaml.safe_load(template.read_text())
+    job["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "TEAM_TOKEN", "valueFrom": {"secretKeyRef": {"name": "team-token", "key": "TOKEN"}}})
+    template.write_text(yaml.safe_dump(job, sort_keys=False))
+    proc = train_cli(tmp_path, cache_dir, [
+        "-m", "hydra/launcher=kubernetes", f"hydra.launcher.backend_config={backend}",
+        f"hydra.launcher.project_dir={project_copy}", "hydra.launcher.poll_interval_s=1",
+        "hydra.launcher.start_timeout_s=15", *TINY, "train.epochs=1", "hyp.lr0=0.01"],
+        env={**env, "MLFLOW_EXPERIMENT_NAME": "e2e-kubernetes-launcher-stuck"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "not started after 15 s" in output and "CreateContainerConfigError" in output, output[-3000:]
+    [deleted] = cluster.standin.deleted_jobs
+    assert not cluster.standin.jobs and deleted.pods[0].started == 0.0

@@ -388,3 +388,20 @@ def test_bad_values_are_refused_in_one_line(override, message):
     with pytest.raises(ConfigError) as raised:
         compose_config([override])
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_the_log_line_says_what_the_uploads_did_and_the_benchmark_reads_it(run):
+    from bench.checkpoints import _SUMMARY
+
+    transport = FakeTransport()
+    uploader = run.uploader(transport)
+    assert uploader.summary() == "Checkpoint uploads during training: none"
+    for epoch in range(3):
+        end_of_epoch(run, uploader, epoch)
+        wait_for(lambda: transport.tags[-1:] == [epoch], f"epoch {epoch}")
+    assert uploader.stop(WAIT_S)
+    line = uploader.summary()
+    assert line.startswith("Checkpoint uploads during training: 3 snapshots (") and "3 uploaded, the last at epoch 2" \
+        in line
+    found = _SUMMARY.search(line)
+    assert found and found.group(1) == "3" and found.group(4) == "3"

@@ -18,6 +18,7 @@ never writes after that, so no stale checkpoint lands over the final one.
 from __future__ import annotations
 
 import shutil
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class CheckpointUploader:
         self._thread: Optional[threading.Thread] = None
         self.staged = 0  # snapshots taken
         self.staging_s: List[float] = []  # the training thread's time per snapshot
+        self.staged_bytes: List[int] = []
+        self.uploads = 0  # snapshots wholly uploaded
         self.uploaded_epoch: Optional[int] = None  # the epoch of the last snapshot wholly uploaded
         self.failures = 0
         self.last_error = ""
@@ -104,6 +107,7 @@ class CheckpointUploader:
             print(f"WARNING: checkpoint upload skipped at epoch {epoch}: cannot copy the files ({error})")
             return
         self.staging_s.append(time.perf_counter() - started)
+        self.staged_bytes.append(sum(path.stat().st_size for path, _ in snapshot.files))
         self._last_epoch, self._last_time = epoch, self._clock()
         self.offer(snapshot)
 
@@ -167,12 +171,15 @@ class CheckpointUploader:
         return idle
 
     def summary(self) -> str:
-        if not self.staged:
+        """One line for the log: snapshots taken (their median copy time and size), and how many were uploaded."""
+        if not self.staging_s:
             return "Checkpoint uploads during training: none"
-        ms = sorted(self.staging_s)[len(self.staging_s) // 2] * 1000
-        uploaded = "none" if self.uploaded_epoch is None else f"the last at epoch {self.uploaded_epoch}"
-        return (f"Checkpoint uploads during training: {self.staged} snapshots ({ms:.1f} ms each on the training "
-                f"thread, median), uploaded: {uploaded}")
+        ms = statistics.median(self.staging_s) * 1000
+        mb = statistics.median(self.staged_bytes) / 1e6
+        last = "" if self.uploaded_epoch is None else f", the last at epoch {self.uploaded_epoch}"
+        return (f"Checkpoint uploads during training: {len(self.staging_s)} snapshots ({ms:.1f} ms each on the "
+                f"training thread, {mb:.1f} MB, medians), {self.uploads} uploaded{last}; newer ones replace any "
+                f"still waiting")
 
     # The background thread ---------------------------------------------------------------------------------------
 
@@ -188,6 +195,7 @@ class CheckpointUploader:
             try:
                 if self._send(snapshot):
                     self.uploaded_epoch = snapshot.epoch
+                    self.uploads += 1
                     if snapshot.best is not None:
                         self._best_sent = snapshot.best
             finally:
