@@ -97,24 +97,36 @@ def finish(proc: subprocess.Popen, timeout_s: float = 900) -> subprocess.Complet
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def fault_mid_training(project, tmp_path, kube, experiment: str, epochs: int, checkpoint: int, fault,
+                       meanwhile=lambda run_id, struck: None):
+    """`mlflow run` until `epochs` epochs are recorded and a checkpoint of epoch >= `checkpoint` uploaded, then
+    `fault(pod)`, `meanwhile(run_id, when)` and the wait for `mlflow run` to end (which must succeed):
+    (run id, the Job, what `meanwhile` said, seconds from the fault to the end)."""
+    cluster = kube[0]
+    proc = submit(project, tmp_path, kube, experiment, *PARAMS)
+    run_id = the_run(cluster, experiment, proc)
+    training(cluster, run_id, epochs, checkpoint, proc)
+    job = cluster.standin.only_job()
+    struck = time.monotonic()
+    fault(job.pod)
+    said = meanwhile(run_id, struck)
+    done = finish(proc)
+    seconds = time.monotonic() - struck
+    assert done.returncode == 0, done.stderr[-3000:] + job.logs[-3000:]
+    return run_id, job, said, seconds
+
+
 def report(what: str, **seconds: float) -> None:
     print(f"\nFAULT {what}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
 
 
 def test_eviction_mid_training_continues_the_same_run_to_finished(base_image, project_copy, registry, kube, tmp_path):
     cluster = kube[0]
-    proc = submit(project_copy, tmp_path, kube, "k8s-evicted", *PARAMS)
-    run_id = the_run(cluster, "k8s-evicted", proc)
-    training(cluster, run_id, 2, 0, proc)
-    job = cluster.standin.only_job()
-    first = job.pod
-    evicted = time.monotonic()
-    cluster.standin.evict(first)
-    killed = status_after(cluster, run_id, "KILLED", evicted)
-    done = finish(proc)
-    finished = time.monotonic() - evicted
-    assert done.returncode == 0, done.stderr[-3000:] + job.logs[-3000:]
+    run_id, job, killed, finished = fault_mid_training(
+        project_copy, tmp_path, kube, "k8s-evicted", 2, 0, cluster.standin.evict,
+        lambda run_id, struck: status_after(cluster, run_id, "KILLED", struck))
     report("eviction", killed=killed, finished=finished)
+    first = job.pods[0]
 
     # The pod: SIGTERM, its DisruptionTarget ignored by podFailurePolicy (backoffLimit not spent), a second pod.
     assert first.has_condition("DisruptionTarget") and first.exit_code == 130 and killed < 300
@@ -133,16 +145,11 @@ def test_eviction_mid_training_continues_the_same_run_to_finished(base_image, pr
 def test_node_loss_mid_training_resumes_from_the_checkpoint_uploaded_during_training(base_image, project_copy,
                                                                                      registry, kube, tmp_path):
     cluster = kube[0]
-    proc = submit(project_copy, tmp_path, kube, "k8s-node-lost", *PARAMS)
-    run_id = the_run(cluster, "k8s-node-lost", proc)
-    training(cluster, run_id, 3, 1, proc)
-    job = cluster.standin.only_job()
-    lost_at = time.monotonic()
-    cluster.standin.lose_node(job.pod)
-    assert cluster.client().get_run(run_id).info.status == "RUNNING"  # nothing could say otherwise
-    done = finish(proc)
-    report("node loss", finished=time.monotonic() - lost_at)
-    assert done.returncode == 0, done.stderr[-3000:] + job.logs[-3000:]
+    run_id, job, status, finished = fault_mid_training(
+        project_copy, tmp_path, kube, "k8s-node-lost", 3, 1, cluster.standin.lose_node,
+        lambda run_id, struck: cluster.client().get_run(run_id).info.status)
+    report("node loss", finished=finished)
+    assert status == "RUNNING"  # nothing could say otherwise
 
     assert job.pods[0].exit_code == 137 and job.pods[0].has_condition("DisruptionTarget") and len(job.pods) == 2
     run = cluster.client().get_run(run_id)
@@ -155,15 +162,9 @@ def test_node_loss_mid_training_resumes_from_the_checkpoint_uploaded_during_trai
 def test_out_of_memory_mid_training_is_retried_and_the_run_continues(base_image, project_copy, registry, kube,
                                                                     tmp_path):
     cluster = kube[0]
-    proc = submit(project_copy, tmp_path, kube, "k8s-oom", *PARAMS)
-    run_id = the_run(cluster, "k8s-oom", proc)
-    training(cluster, run_id, 2, 1, proc)
-    job = cluster.standin.only_job()
-    oom_at = time.monotonic()
-    cluster.standin.run_out_of_memory(job.pod)
-    done = finish(proc)
-    report("OOM", finished=time.monotonic() - oom_at)
-    assert done.returncode == 0, done.stderr[-3000:] + job.logs[-3000:]
+    run_id, job, _, finished = fault_mid_training(project_copy, tmp_path, kube, "k8s-oom", 2, 1,
+                                                  cluster.standin.run_out_of_memory)
+    report("OOM", finished=finished)
 
     first = job.pods[0]
     assert first.container_state["terminated"]["reason"] == "OOMKilled" and first.exit_code == 137

@@ -1,8 +1,8 @@
 """Bad input, row by row as docs/failures.md's "Bad input" table lists it.
 
 Each row: one clear line on stderr, a non-zero exit, and nothing created: the same experiments and the same runs
-(any status) on the tracking server before and after, and nothing written to the run MLFLOW_RUN_ID names (as
-`mlflow run` sets it: the run exists before our code starts). A row that waits for an unreachable server is also
+(any status) on the tracking server before and after. The run MLFLOW_RUN_ID names (as `mlflow run` sets it: the run
+exists before our code starts) ends FAILED with the line as its `error` tag, and nothing else is written to it. A row that waits for an unreachable server is also
 timed against its startup budget (mlflow.startup_timeout_s).
 """
 
@@ -379,8 +379,17 @@ def test_bad_input(row, places, tracking_server, bad_s3_server, bystander, cache
     refuse(tuple(a.format(**places) for a in row.args), env, tmp_path, row.exit_code, row.error.format(**fields),
            row.whole, row.budget_s)
 
-    assert _record(tracking_server, bystander) == before  # nothing written to the existing run
-    assert _contents(tracking_server) == main_before  # no experiment, no run, no status changed
+    after = _record(tracking_server, bystander)
+    if env.get("MLFLOW_RUN_ID") == bystander and row.exit_code == 2:
+        # The run `mlflow run` opened for this process ends FAILED saying why, and nothing else is written to it.
+        status, params, tags, metrics, artifacts = before
+        assert after == ("FAILED", params, {**tags, "error": after[2].get("error")}, metrics, artifacts)
+        assert row.error.format(**fields).removeprefix("error: ") in after[2]["error"]
+        experiments, runs = main_before
+        main_before = (experiments, {(i, e, "FAILED" if i == bystander else s, l) for i, e, s, l in runs})
+    else:
+        assert after == before  # nothing written to the existing run
+    assert _contents(tracking_server) == main_before  # no experiment, no run, no other status changed
     if row.creates_failed_run:
         _assert_one_failed_run_at_most_added(bad_s3_before, _contents(bad_s3_server.tracking))
     else:

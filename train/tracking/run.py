@@ -188,15 +188,21 @@ def record_refused_run(tracking_uri: str, experiment_name: str, run_name: str, t
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
+# How long a refusal tries to write itself into the run `mlflow run` opened, before giving up on it.
+REFUSAL_RECORD_TIMEOUT_S = 10
+
+
 def record_refusal(tracking_uri: str, run_id: str, error: str) -> None:
-    """The run `mlflow run` opened for this process, FAILED with the refusal as its `error` tag; a run that already
-    ended (a FINISHED one named by mistake) or cannot be reached is left as it is: the console line still says why."""
+    """The run `mlflow run` opened for this process, FAILED with the refusal as its `error` tag, and nothing else
+    written; a run that already ended (a FINISHED one named by mistake, a KILLED one being resumed) or cannot be
+    reached is left as it is: the console line still says why."""
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     try:
-        if RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
-            return
-        client.set_tag(run_id, "error", redact(error))
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        with fail_fast_requests(REFUSAL_RECORD_TIMEOUT_S):
+            if RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
+                return
+            client.set_tag(run_id, "error", redact(error))
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
     except Exception:  # noqa: BLE001 - the refusal itself is what the user must see
         pass
 
