@@ -18,6 +18,7 @@ from typing import Dict, List
 import torch
 
 from tests.conftest import TINY, client_env, train_cli, why
+from tests.e2e.test_preemption import artifact_text
 
 PROBE = "metrics/mAP_0.5"
 
@@ -43,11 +44,6 @@ def only_run_id(client, experiment: str, proc: subprocess.Popen, cwd: Path, time
             return runs[0].info.run_id
         time.sleep(0.5)
     raise AssertionError(f"no run appeared: {said(cwd)}")
-
-
-def artifact_text(tracking_server, run, path: str) -> str:
-    key = f"{run.info.experiment_id}/{run.info.run_id}/artifacts/{path}"
-    return tracking_server.s3().get_object(Bucket="mlflow", Key=key)["Body"].read().decode()
 
 
 def results_epochs(tracking_server, run) -> List[int]:
