@@ -3,7 +3,9 @@
 Settings are small (about 19 minutes on a 2-core machine, most of it the five pairs of 100-epoch runs that
 figures 1, 4 and 6 share and the 1 GB dataset that figure 9 fetches from S3 six times); every figure is a ratio
 (or a latency) measured side by side, never a lone absolute time. The GPU benchmark is `python -m bench.gpu`
-(it skips without CUDA); figures 9 and 10 alone are `python -m bench.fetch`, figure 11 `python -m bench.checkpoints`.
+(it skips without CUDA); figures 9 and 10 alone are `python -m bench.fetch`, figure 11 `python -m bench.checkpoints`,
+figure 12 (tracking's stages; before and after a change) `python -m bench.breakdown --before <git ref>`, and
+`python -m bench --tracking-only` figures 1, 3, 4 and 6.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from statistics import median
 from typing import Any, Dict
 
 from bench.artifacts import artifact_path, direct_throughput_mb_s
+from bench.breakdown import measure as stages
 from bench.checkpoints import checkpoint_uploads
 from bench.fetch import dataset_digest, dataset_fetch
-from bench.harness import datasets, servers
+from bench.harness import client_env, datasets, servers
 from bench.report import markdown
 from bench.server import round_trip
 from bench.tracking import Settings, TrackedRuns, live_latency, scaling, tails, trainings
@@ -30,13 +33,14 @@ from bench.wrapper import wrapper_overhead
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WRAPPER_EPOCHS = 5
+BREAKDOWN_EPOCHS = 10  # figure 12: stages of a tracked run (bench/breakdown.py)
 CHECKPOINT_EPOCHS = 20  # figure 11: per-epoch cost, so the runs' start and end are left out of it
 DATASET_REPEATS = 3  # figures 9 and 10: a 1 GB fetch takes about a minute a side, so fewer than --pairs
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's "View run" lines, per run
 
 
 def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Settings,
-            fetch_mb: int = 1000) -> Dict[str, Any]:
+            fetch_mb: int = 1000, tracking_only: bool = False) -> Dict[str, Any]:
     started = time.monotonic()
     data = datasets(workdir / "data", image_size=settings.imgsz)
     results: Dict[str, Any] = {
@@ -67,6 +71,9 @@ def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Sett
         results["end_of_run_tail"] = {"median_tail_s": round(tail, 3), "median_bytes": int(uploaded),
                                       "direct_boto3_MB_per_s": round(throughput, 1), "goal_s": round(budget, 3),
                                       "tails_s": [round(f["tail_s"], 3) for f in figures]}
+        if tracking_only:
+            results["total_minutes"] = round((time.monotonic() - started) / 60, 1)
+            return results
         # 80 classes add 160 per-class series (YOLOv5 logs each class's mAP and mAP_50) to the 19 of 3 classes;
         # 3 epochs, since coco128's layout validates on all 128 images every epoch.
         results["series"] = {"nc=80, epochs=3": trainings(runs, settings, 3, 80, pairs).at(3).summary()}
@@ -76,6 +83,12 @@ def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Sett
         results["artifact_path"] = artifact_path(server, workdir / "payloads", pairs=pairs)
         results["server_round_trip"] = round_trip(server, workdir / "four-workers", pairs)
         results["checkpoint_uploads"] = checkpoint_uploads(runs, settings, CHECKPOINT_EPOCHS, pairs)
+        results["breakdown"] = {"after": stages(Path(__file__).resolve().parents[1],
+                                                settings.overrides(data, 3, BREAKDOWN_EPOCHS), pairs,
+                                                client_env(MLFLOW_TRACKING_URI=server.uri,
+                                                           MLFLOW_EXPERIMENT_NAME="bench-breakdown",
+                                                           YOLOV5_MLFLOW_CACHE=str(data.cache_dir)),
+                                                workdir / "breakdown")}
     # After the servers stop: figure 9 starts an S3 server of its own, which holds the dataset in memory.
     results["dataset_fetch"] = dataset_fetch(workdir / "fetch", fetch_mb, DATASET_REPEATS)
     results["dataset_digest"] = dataset_digest(workdir / "digest", repeats=DATASET_REPEATS)
@@ -93,15 +106,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--fetch-mb", type=int, default=1000, help="size of figure 9's dataset, MiB")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tracking-only", action="store_true",
+                        help="figures 1, 3, 4 and 6 (epochs) only, about 8 minutes; written to tracking.{json,md}")
     args = parser.parse_args()
     if args.epochs > max(args.tiers):
         parser.error(f"--epochs {args.epochs} is more than the runs train (the largest of --tiers)")
     with tempfile.TemporaryDirectory(prefix="yolov5-mlflow-bench-") as tmp:
         results = run_all(Path(tmp), args.pairs, args.epochs, tuple(sorted(args.tiers)),
-                          Settings(imgsz=args.imgsz, batch=args.batch), args.fetch_mb)
+                          Settings(imgsz=args.imgsz, batch=args.batch), args.fetch_mb, args.tracking_only)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "results.md").write_text(markdown(results))
+    name = "tracking" if args.tracking_only else "results"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
 
 

@@ -34,6 +34,8 @@ def markdown(results: Dict[str, Any]) -> str:
              "full tracking to the server"),
             (2, "wrapper_overhead", f"wrapper overhead, {s['wrapper_epochs']} epochs", "`python -m yolov5.train`",
              "`python -m train`, tracking off")):
+        if key not in results:  # `python -m bench --tracking-only`
+            continue
         pair, goal = results[key], GOALS[key]
         lines.append(f"| {number}. {label} | {a} {pair['median_a_s']} s | {b} {pair['median_b_s']} s | "
                      f"{_extra(pair)} | <= {goal} | {_verdict(pair['ratio'] <= goal)} |")
@@ -45,24 +47,35 @@ def markdown(results: Dict[str, Any]) -> str:
     lines.append(f"| 4. end-of-run tail | {tail['median_bytes'] / 1e6:.1f} MB at boto3's "
                  f"{tail['direct_boto3_MB_per_s']} MB/s | last epoch's end to exit | {tail['median_tail_s']} s | "
                  f"<= {tail['goal_s']} s (1.2x + 2 s) | {_verdict(tail['median_tail_s'] <= tail['goal_s'])} |")
-    for size, a in results["artifact_path"].items():
+    for size, a in results.get("artifact_path", {}).items():
         lines.append(f"| 5. artifact upload, {size} | boto3 direct {a['direct_MB_per_s']} MB/s | proxied by the "
                      f"server {a['proxied_MB_per_s']} MB/s | time ratio {a['ratio']} | (reported) | |")
     for label, o in {**{k: v for k, v in results["scaling"].items() if k != "split"},
-                     **results["series"]}.items():
+                     **results.get("series", {})}.items():
         lines.append(f"| 6. scaling, {label} | off {o['median_a_s']} s | on {o['median_b_s']} s | {_extra(o)} | "
                      "linear, small | |")
     split = results["scaling"]["split"]
     lines.append(f"| 6. where tracking's seconds go | | the server's CPU: {split['server_cpu_per_run_s']} s per "
                  f"{max(s['tiers'])}-epoch run | start to first epoch {split['start_to_first_epoch_s']:+} s, "
                  f"{split['per_epoch_ms']:+} ms per epoch, end {split['end_s']:+} s | linear, small | |")
-    rt = results["server_round_trip"]
-    lines.append(f"| 8. server round trip, kept-alive connection | `--workers 1` (deploy/) {1000 * rt['median_a_s']:.1f} "
-                 f"ms | `--workers 4` (MLflow's default) {1000 * rt['median_b_s']:.1f} ms | ratio {rt['ratio']} | "
-                 "(reported) | |")
+    rt = results.get("server_round_trip")
+    if rt:
+        lines.append(f"| 8. server round trip, kept-alive connection | `--workers 1` (deploy/) {1000 * rt['median_a_s']:.1f} "
+                     f"ms | `--workers 4` (MLflow's default) {1000 * rt['median_b_s']:.1f} ms | ratio {rt['ratio']} | "
+                     "(reported) | |")
     lines += dataset_rows(results)
     lines += checkpoint_rows(results)
+    lines += breakdown_rows(results)
     return "\n".join(lines) + "\n"
+
+
+def breakdown_rows(results: Dict[str, Any]) -> List[str]:
+    """Figure 12 (bench/breakdown.py), where the results hold it: each stage of tracking, and where it runs."""
+    stages = results.get("breakdown", {}).get("after")
+    if not stages:
+        return []
+    return [f"| 12. {stage} | | {'beside training' if s['thread'] == 'background' else 'on the training path'} | "
+            f"{s['median_s']:.3f} s | (reported) | |" for stage, s in stages.items()]
 
 
 def dataset_rows(results: Dict[str, Any]) -> List[str]:
@@ -89,7 +102,7 @@ def checkpoint_rows(results: Dict[str, Any]) -> List[str]:
     if not c:
         return []
     return [f"| 11. checkpoint uploads during training, {c['epochs']} epochs | `mlflow.checkpoint_every_epochs=0` "
-            f"{c['per_epoch_ms_a']} ms per epoch | `=1` (the default) {c['per_epoch_ms_b']} ms per epoch | "
+            f"{c['per_epoch_ms_a']} ms per epoch | `=1` (with logged models) {c['per_epoch_ms_b']} ms per epoch | "
             f"{c['per_epoch_cost_ms']:+} ms per epoch (ratio {c['per_epoch_ratio']}; whole run "
             f"{c['whole_run']['ratio']}); {c['MB_per_snapshot']} MB a snapshot: on the training thread "
             f"{c['copy_ms_per_snapshot']} ms (the copy), the upload thread's CPU {c['client_cpu_ms_per_snapshot']} ms, "

@@ -168,6 +168,11 @@ def train_cli(cwd: Path, cache_dir: Path, overrides: List[str], env: Dict[str, s
                           capture_output=True, text=True, timeout=timeout)
 
 
+def training_metrics(run) -> list:
+    """The run's metric keys but MLflow's system metrics (system/...), which are sampled by time, not per epoch."""
+    return sorted(key for key in run.data.metrics if not key.startswith("system/"))
+
+
 def why(proc: subprocess.CompletedProcess, tail: int = 3000) -> str:
     """What a failed `python -m train` said: its `error:` lines and the sweep's verdict, then the end of stderr.
 

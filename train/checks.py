@@ -87,6 +87,11 @@ def validate(cfg: DictConfig) -> None:
            f"must be >= 0 (0: off), got {m.checkpoint_every_epochs}")
     _check(m.checkpoint_every_minutes >= 0, "mlflow.checkpoint_every_minutes",
            f"must be >= 0 (0: off), got {m.checkpoint_every_minutes}")
+    # MLflow reads an interval of 0 as its default (10 s) and a negative one as no wait at all.
+    _check(m.system_metrics.sampling_interval_s > 0, "mlflow.system_metrics.sampling_interval_s",
+           f"must be > 0, got {m.system_metrics.sampling_interval_s}")
+    _check(m.system_metrics.samples_before_logging >= 1, "mlflow.system_metrics.samples_before_logging",
+           f"must be >= 1, got {m.system_metrics.samples_before_logging}")
     if m.tracking_uri:
         scheme = m.tracking_uri.split(":", 1)[0].split("+", 1)[0] if ":" in m.tracking_uri else ""
         _check(scheme in _TRACKING_SCHEMES, "mlflow.tracking_uri",

@@ -109,6 +109,16 @@ class HypConfig:
 
 
 @dataclass
+class SystemMetricsConfig:
+    # MLflow's system metrics (system/...: CPU, memory, disk, network; per GPU through NVML), by a thread of the
+    # training process (train/tracking/run.py).
+    enabled: bool = MISSING
+    # A sample every this many seconds; each logged point is the mean of samples_before_logging samples.
+    sampling_interval_s: float = MISSING
+    samples_before_logging: int = MISSING
+
+
+@dataclass
 class MlflowConfig:
     # false: train without MLflow (no run, no server): the baseline the benchmarks compare tracking against.
     enabled: bool = MISSING
@@ -123,6 +133,9 @@ class MlflowConfig:
     # current champion on sweep.objective (train/model/registry.py).
     registered_model_name: Optional[str] = MISSING
     champion_alias: str = MISSING
+    # YOLOv5's plots as the run's MLflow images and its final validation as tables, sent in the background
+    # (train/tracking/plots.py); nothing with train.noplots, when YOLOv5 draws nothing.
+    log_plots: bool = MISSING
     # How long to wait at start for the tracking server and artifact store to answer before giving up.
     startup_timeout_s: float = MISSING
     # How long, once training ends, to wait for an unreachable server before keeping the undelivered
@@ -133,6 +146,7 @@ class MlflowConfig:
     # pod lost without a word (node loss, out of memory) resumes from it (train/tracking/checkpoints.py).
     checkpoint_every_epochs: int = MISSING
     checkpoint_every_minutes: float = MISSING
+    system_metrics: SystemMetricsConfig = field(default_factory=SystemMetricsConfig)
 
 
 @dataclass

@@ -52,6 +52,13 @@ LOG_RECORDS = (
     # MLflow's advice against logging a Python object as `python_model` (CloudPickle), at the end of every tracked
     # run: the detector is logged that way on purpose, with its code (train/model) packaged beside it.
     ("mlflow.pyfunc", r"^Passing a Python object as `python_model` causes it to be serialized using CloudPickle"),
+    # MLflow's system-metrics monitor announcing its start and stop, and that a CPU machine has no GPU to sample, at
+    # every tracked run (INFO): the series are in the run (mlflow.system_metrics; docs/tracking.md).
+    ("mlflow.system_metrics.system_metrics_monitor", r"^(Started monitoring system metrics|Stopping system metrics "
+                                                     r"monitoring|Successfully terminated system metrics monitoring)"),
+    ("mlflow.system_metrics.system_metrics_monitor", r"^Skip logging GPU metrics"),
+    # "Validating input example against model signature" (INFO) at every logged model: a check, not news.
+    ("mlflow.pyfunc", r"^Validating input example against model signature"),
 )
 
 

@@ -9,6 +9,7 @@ through `redact`, so no path of the code can forget to.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Iterable, List, Mapping, Optional
@@ -28,6 +29,7 @@ _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY|
 MIN_SECRET_LENGTH = 6
 
 
+@functools.lru_cache(maxsize=4096)  # every redact reads the environment again: its names are matched once
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 

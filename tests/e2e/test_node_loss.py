@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import torch
 
-from tests.conftest import TINY, client_env, train_cli, why
+from tests.conftest import TINY, client_env, train_cli, why, training_metrics
 from tests.e2e.test_preemption import artifact_text
 
 PROBE = "metrics/mAP_0.5"
@@ -103,7 +103,7 @@ def test_a_node_lost_mid_training_is_continued_from_the_checkpoint_uploaded_duri
     log = artifact_text(tracking_server, run, "logs/train.log")
     assert log.count(f"MLflow run {run_id} in experiment") == 2  # both attempts, in one log
     assert log.count("Resuming training from") == 1
-    for key in run.data.metrics:
+    for key in training_metrics(run):
         steps = Counter(m.step for m in client.get_metric_history(run_id, key))
         assert set(steps) == set(range(epochs)), key
         # An epoch appears twice only when the checkpoint was behind the metrics: trained again after the loss.
@@ -124,7 +124,7 @@ def test_a_run_whose_checkpoint_holds_the_last_epoch_finishes_without_training_a
     assert done.returncode == 0, why(done)
     [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     run_id = run.info.run_id
-    history = {key: [m.step for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
+    history = {key: [m.step for m in client.get_metric_history(run_id, key)] for key in training_metrics(run)}
 
     # After the strip: the uploaded last.pt is a finished training's. The run left KILLED, as a SIGTERM would.
     client.set_terminated(run_id, "KILLED")
@@ -151,6 +151,6 @@ def test_a_run_whose_checkpoint_holds_the_last_epoch_finishes_without_training_a
                                                 f"from its checkpoint at epoch {epochs - 1}")
     assert "KILLED: stopped by a signal" in run.data.tags["attempt.1.ended"]
     assert results_epochs(tracking_server, run) == list(range(epochs))
-    assert {key: [m.step for m in client.get_metric_history(run_id, key)] for key in run.data.metrics} == history
+    assert {key: [m.step for m in client.get_metric_history(run_id, key)] for key in training_metrics(run)} == history
     final = Path(client.download_artifacts(run_id, "training-output/weights/last.pt", str(tmp_path / "final")))
     assert torch.load(final, map_location="cpu", weights_only=False)["epoch"] == -1  # as YOLOv5 leaves it

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, ManagedTrackingServer, client_env
+from tests.conftest import TINY, ManagedTrackingServer, client_env, training_metrics
 from tests.e2e.test_preemption import PROBE, launch, only_run_id, wait_for_steps
 
 OUTAGE_S = 30
@@ -34,7 +34,7 @@ def epochs_done(workdir: Path) -> int:
 def assert_every_epoch_once(client, run_id: str, epochs: int) -> None:
     run = client.get_run(run_id)
     assert PROBE in run.data.metrics
-    for key in run.data.metrics:
+    for key in training_metrics(run):
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(epochs)), key
 
 

@@ -14,7 +14,7 @@ from typing import Dict, List
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY, client_env
+from tests.conftest import REPO, TINY, client_env, training_metrics
 
 GRACE_PERIOD_S = yaml.safe_load((REPO / "kubernetes_job_template.yaml").read_text())[
     "spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -106,7 +106,7 @@ def test_resumed_run_continues_one_metric_history_to_the_planned_epoch(tracking_
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id])) == 1
-    for key in run.data.metrics:
+    for key in training_metrics(run):
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(epochs)), key
     rows = list(csv.reader(io.StringIO(artifact_text(tracking_server, run, "training-output/results.csv"))))
     assert [int(row[0]) for row in rows[1:]] == list(range(epochs))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY, client_env, train_cli, why
+from tests.conftest import REPO, TINY, client_env, train_cli, why, training_metrics
 from train.data.synthetic import SyntheticSpec, generate
 
 EXPERIMENT = "e2e-reproduce"
@@ -72,7 +72,7 @@ def test_reproduction_trains_a_new_run_with_identical_metrics(original, tracking
     assert copy.info.run_name == f"reproduce-{original.info.run_name}"
     assert {k: v for k, v in copy.data.params.items() if k not in ("mlflow.run_name", "reproduce.run_id")} == \
         {k: v for k, v in original.data.params.items() if k not in ("mlflow.run_name", "reproduce.run_id")}
-    for key in original.data.metrics:
+    for key in training_metrics(original):
         before = [(m.step, m.value) for m in client.get_metric_history(original.info.run_id, key)]
         after = [(m.step, m.value) for m in client.get_metric_history(copy.info.run_id, key)]
         assert after == before, key

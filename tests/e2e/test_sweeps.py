@@ -89,9 +89,8 @@ def test_parallel_sweep_loses_nothing(train, request, backend):
 def test_trials_recording_one_new_dataset_at_once_all_record_it(request, backend, monkeypatch):
     """Parallel trials log the same new dataset within milliseconds of each other; the server's check-then-insert
     lets some of them lose the race (10 of 60 here without train.tracking.lineage's retry)."""
-    import mlflow
-
     from train.tracking.lineage import log_datasets
+    from train.tracking.record import RunRecord
 
     server = request.getfixturevalue(backend)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
@@ -99,8 +98,7 @@ def test_trials_recording_one_new_dataset_at_once_all_record_it(request, backend
     experiment_id = client.create_experiment(f"e2e-dataset-race-{backend}")
 
     def record(run_id: str, digests) -> None:
-        with mlflow.start_run(run_id=run_id):  # MLflow's active run is per thread, as each trial's is per process
-            log_datasets("synthetic", "/data/synthetic", digests)
+        log_datasets(RunRecord(server.client(), run_id), "synthetic", "/data/synthetic", digests)
 
     for round_ in range(10):
         runs = [client.create_run(experiment_id).info.run_id for _ in range(6)]

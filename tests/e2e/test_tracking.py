@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
+from pathlib import Path
 
+import mlflow
 import pytest
+from mlflow.entities import LoggedModelStatus
 
 from tests.conftest import REPO, TINY, client_env, train_cli, why
 
 EPOCHS = 3
+# A checkpoint (and its logged models) every epoch, and system metrics every second: a 3-epoch run shows them all.
+RICH = ["mlflow.checkpoint_every_epochs=1", "mlflow.system_metrics.sampling_interval_s=1"]
+MAP = "metrics/mAP_0.5_0.95"
 
 
 @pytest.fixture(scope="module")
 def finished(tracking_server, cache_dir, tmp_path_factory):
     """One tiny training, shared by the assertions below: (completed process, run)."""
     env = client_env(MLFLOW_TRACKING_URI=tracking_server.uri, MLFLOW_EXPERIMENT_NAME="e2e-tracking")
-    proc = train_cli(tmp_path_factory.mktemp("work"), cache_dir,
-                     [*TINY, f"train.epochs={EPOCHS}", "+mlflow.tags.team=vision"], env=env)
+    proc = train_cli(tmp_path_factory.mktemp("work"), cache_dir, [*TINY, f"train.epochs={EPOCHS}", *RICH,
+                                                                   "+mlflow.tags.team=vision"], env=env)
     assert proc.returncode == 0, why(proc)
     client = tracking_server.client()
     experiment = client.get_experiment_by_name("e2e-tracking")
@@ -37,7 +44,7 @@ def test_run_finished_with_contract_tags(finished):
     assert tags["weights"] == "none (trained from scratch)"
     assert tags["device"] == "cpu"
     assert tags["gpu_available"] == "false"
-    assert tags["hydra_overrides"].split() == [*TINY, f"train.epochs={EPOCHS}", "+mlflow.tags.team=vision"]
+    assert tags["hydra_overrides"].split() == [*TINY, f"train.epochs={EPOCHS}", *RICH, "+mlflow.tags.team=vision"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert tags["mlflow.source.git.commit"] == head
 
@@ -64,7 +71,7 @@ def test_every_results_column_logged_once_per_epoch(finished, tracking_server):
     header = [cell.strip() for cell in next(csv.reader(io.StringIO(body)))][1:]
     assert "metrics/mAP_0.5:0.95" in header and len(header) == 13 + 2 * 3  # 3 classes, per-class columns
     expected = {name.replace(":", "_") for name in header}
-    assert set(run.data.metrics) == expected
+    assert {key for key in run.data.metrics if not key.startswith("system/")} == expected
     assert "metrics/mAP_0.5_0.95" in run.data.metrics
     for name in expected:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
@@ -107,3 +114,60 @@ def test_console_says_where_to_look(finished, tracking_server):
     proc, run = finished
     url = f"{tracking_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert f"MLflow run {run.info.run_id} ended FINISHED: {url}" in proc.stdout
+
+
+def test_checkpoints_are_logged_models_ranked_by_their_linked_metrics(finished, tracking_server, monkeypatch):
+    """Every epoch's last.pt, best.pt when it improved, and the final model: READY, each at its epoch among the run's
+    outputs, that epoch's metrics linked with the validation dataset; search_logged_models ranks them by mAP."""
+    _, run = finished
+    client = tracking_server.client()
+    models = client.search_logged_models([run.info.experiment_id], order_by=[{"field_name": f"metrics.{MAP}",
+                                                                               "ascending": False}])
+    assert {m.status for m in models} == {LoggedModelStatus.READY}
+    names = [m.name for m in models]
+    assert names.count("last-checkpoint") == EPOCHS and names.count("model") == 1 and "best-checkpoint" in names
+    steps = {o.model_id: o.step for o in client.get_run(run.info.run_id).outputs.model_outputs}
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, MAP)}
+    [validation] = [i.dataset for i in client.get_run(run.info.run_id).inputs.dataset_inputs
+                    if i.tags[0].value == "validation"]
+    for model in models:
+        [linked] = [m for m in model.metrics if m.key == MAP]
+        assert linked.step == steps[model.model_id] and linked.value == history[linked.step], model.name
+        assert (linked.dataset_name, linked.dataset_digest) == (validation.name, validation.digest), model.name
+        assert not any(m.key.startswith("system/") for m in model.metrics), model.name  # the epoch's, not sampled
+    assert models[0].metrics and max(history.values()) == [m.value for m in models[0].metrics if m.key == MAP][0]
+    # The history holds each epoch once: linking re-sent the same points.
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, MAP)) == list(range(EPOCHS))
+    [checkpoint] = [m for m in models if m.name == "last-checkpoint" and steps[m.model_id] == EPOCHS - 1]
+    [final] = [m for m in models if m.name == "model"]
+    assert final.params["train.epochs"] == str(EPOCHS)  # the run's params, as MLflow's Model.log copies them
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    info = mlflow.models.get_model_info(f"models:/{checkpoint.model_id}")  # a pyfunc model, as the final one
+    assert "python_function" in info.flavors and info.signature.inputs.input_names() == ["image"]
+    assert info.saved_input_example_info is None  # the final model alone carries the example
+    assert mlflow.models.get_model_info(f"models:/{final.model_id}").saved_input_example_info
+
+
+def test_system_metrics_are_mlflows_own_series(finished, tracking_server):
+    _, run = finished
+    system = {key for key in run.data.metrics if key.startswith("system/")}
+    for series in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
+                   "network_receive_megabytes"):
+        assert f"system/{series}" in system, system
+    assert not any("gpu" in key for key in system)  # no NVML here: no GPU series, and no error either
+
+
+def test_plots_are_images_and_the_final_validation_is_tables(finished, tracking_server, tmp_path):
+    _, run = finished
+    client = tracking_server.client()
+    images = {item.path.split("/")[1].split("+")[0] for item in client.list_artifacts(run.info.run_id, "images")}
+    for key in ("labels", "labels_correlogram", "train_batch0", "PR_curve", "confusion_matrix", "results",
+                "val_batch0_pred"):
+        assert key in images, images
+    assert run.data.tags["mlflow.loggedImages"] == "True"  # as MLflow writes it
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "per_class_metrics.json",
+                                                      str(tmp_path))).read_text())
+    assert table["columns"] == ["class", "images", "instances", "P", "R", "mAP50", "mAP50-95"]
+    assert [row[0] for row in table["data"]] == ["all", "circle", "square", "triangle"]
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": "per_class_metrics.json", "type": "table"}, {"path": "confusion_matrix.json", "type": "table"}]

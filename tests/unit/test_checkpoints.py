@@ -373,9 +373,9 @@ def test_a_retry_before_any_checkpoint_and_a_run_from_before_attempts_were_count
 
 # The keys ----------------------------------------------------------------------------------------------------------
 
-def test_the_defaults_upload_every_epoch():
+def test_the_defaults_upload_every_5_minutes():
     m = compose_config([])["mlflow"]
-    assert m["checkpoint_every_epochs"] == 1 and m["checkpoint_every_minutes"] == 0
+    assert m["checkpoint_every_epochs"] == 0 and m["checkpoint_every_minutes"] == 5
 
 
 @pytest.mark.parametrize("override,message", [

@@ -105,20 +105,29 @@ def test_requirements_are_the_projects_pins():
     assert serving_requirements() == [f"{name}=={pinned[name]}" for name in SERVING_PACKAGES]
 
 
-def test_the_serving_requirements_check_runs_ahead_of_logging():
-    """MLflow scans the installed packages once per process for that check; the background one must be what
-    fills that scan, or logging the model pays it again after the last epoch. A fresh process: this one's
-    MLflow may have scanned already."""
-    script = ("import mlflow.utils.requirements_utils as ru\n"
-              "from train.model.registry import check_serving_requirements_in_background\n"
-              "assert ru._MODULES_TO_PACKAGES is None, 'scanned before the check'\n"
-              "thread = check_serving_requirements_in_background()\n"
-              "assert thread.daemon, 'a check still running must not hold up the exit'\n"
-              "thread.join()\n"
-              "assert ru._MODULES_TO_PACKAGES, 'the check left no scan for log_model to reuse'\n")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "mismatches" not in proc.stderr  # the serving pins are what is installed
+def test_mlflows_map_of_installed_packages_is_made_once_per_environment(tmp_path):
+    """MLflow reads every installed distribution's file list (0.7 s) for its requirements check at the first model
+    save of a process; remember_package_map keeps that map, so the next process (run) takes it from the cache.
+    Fresh processes: this one's MLflow may have made the map already."""
+    script = ("import sys, time\n"
+              "from pathlib import Path\n"
+              "import mlflow.utils.requirements_utils as ru\n"
+              "from train.tracking.mlflow_internals import remember_package_map\n"
+              "assert ru._MODULES_TO_PACKAGES is None, 'made before'\n"
+              "if sys.argv[2] == 'remembered':  # the second process must not read the distributions again\n"
+              "    import importlib_metadata\n"
+              "    importlib_metadata.packages_distributions = lambda: sys.exit('read the distributions again')\n"
+              "remember_package_map(Path(sys.argv[1]))\n"
+              "assert ru._MODULES_TO_PACKAGES['yolov5'] == ['yolov5'], ru._MODULES_TO_PACKAGES.get('yolov5')\n"
+              "from train.model.registry import serving_requirements\n"
+              "ru.warn_dependency_requirement_mismatches(serving_requirements())\n")
+    for which in ("first", "remembered"):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), which], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "mismatches" not in proc.stderr  # the serving pins are what is installed
+    [kept] = (tmp_path / "environments").glob("*.modules.json")
+    assert '"yolov5"' in kept.read_text()
 
 
 def test_example_image_is_the_first_validation_image(tmp_path):

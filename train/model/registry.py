@@ -5,23 +5,26 @@ Called inside the training run once YOLOv5 has finished (see log_detector), or a
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import shutil
 import tempfile
-import threading
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import mlflow
 import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from train.tracking.mlflow_internals import serving_check_skipped
 from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, OUTPUT_DTYPES, YoloDetector
 
 TRAIN_PACKAGE = Path(__file__).resolve().parent.parent
@@ -46,21 +49,6 @@ def serving_requirements() -> List[str]:
             if pinned:
                 pins[name.strip().lower()] = version.strip()
     return [f"{name}=={pins.get(name) or metadata.version(name)}" for name in SERVING_PACKAGES]
-
-
-def check_serving_requirements_in_background() -> threading.Thread:
-    """Start, on a daemon thread, the check MLflow makes when it logs the model: serving_requirements() against
-    the installed packages (a warning names any mismatch).
-
-    Its first call scans every installed distribution (0.6 s on 2 cores) and MLflow keeps the scan, so done
-    while the training runs it no longer adds to the end of the run, between the last epoch and the exit.
-    """
-    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
-
-    thread = threading.Thread(target=warn_dependency_requirement_mismatches, args=(serving_requirements(),),
-                              name="serving-requirements-check", daemon=True)
-    thread.start()
-    return thread
 
 
 def detector_signature(conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES) -> ModelSignature:
@@ -90,26 +78,98 @@ def _model_code(folder: Path) -> Path:
 
 
 def log_detector(best_pt: Path, imgsz: int, example_image: Path, run_id: Optional[str] = None,
-                 conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES, step: int = 0) -> str:
+                 conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES, step: int = 0,
+                 checks: Optional[Path] = None) -> str:
     """Log `best_pt` as the pyfunc model `model` of the active run (or of `run_id`); its model URI.
 
     imgsz: the training image size. example_image: an encoded image file, stored as the input example;
     MLflow also predicts on it through the JSON serving path before returning, so a model that cannot load
     or predict is reported (as a warning) at logging time. step: the epoch whose weights best_pt holds; MLflow
-    links the run's metrics at that step to the model.
+    links the run's metrics at that step to the model. checks: a folder remembering the serving checks that
+    passed: that check is made once per model code, serving requirements and image size (its first run in a
+    process loads YOLOv5 and predicts: 0.4 s), not at the end of every run.
     """
     active = mlflow.active_run()
     if run_id is None and active is None:
         raise ValueError("log_detector needs an active run or a run_id: the model belongs to a training run")
     in_run = run_id is None or (active is not None and active.info.run_id == run_id)
-    with nullcontext() if in_run else mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as code:
+    passed = checks / f"{_serving_check_key(imgsz, conf_thres, iou_thres)}.passed" if checks else None
+    check = passed is None or not passed.is_file()
+    with nullcontext() if in_run else mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as code, \
+            _serving_check_warnings() as failures, nullcontext() if check else serving_check_skipped():
         info = mlflow.pyfunc.log_model(
             name="model", python_model=YoloDetector(), artifacts={"weights": str(best_pt)},
             model_config={"imgsz": int(imgsz)}, signature=detector_signature(conf_thres, iou_thres),
             input_example=pd.DataFrame({"image": [Path(example_image).read_bytes()]}), step=step,
             # The model's part of `train` travels with it: a fresh process unpickles YoloDetector from it.
             code_paths=[str(_model_code(Path(code)))], pip_requirements=serving_requirements())
+    if check and passed is not None and not failures:
+        passed.parent.mkdir(parents=True, exist_ok=True)
+        passed.touch()
     return info.model_uri
+
+
+def _serving_check_key(imgsz: int, conf_thres: float, iou_thres: float) -> str:
+    """What the serving check's outcome depends on besides the weights: the model code, the serving packages'
+    versions and the model's settings."""
+    digest = hashlib.sha256()
+    for relative in MODEL_CODE:
+        digest.update((TRAIN_PACKAGE / relative).read_bytes())
+    digest.update(repr((serving_requirements(), int(imgsz), conf_thres, iou_thres)).encode())
+    return digest.hexdigest()[:32]
+
+
+@contextmanager
+def _serving_check_warnings() -> Iterator[List[str]]:
+    """The warnings MLflow logs when the serving check fails (it never raises), collected while in the block."""
+    failures: List[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "validate serving input" in record.getMessage():
+                failures.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("mlflow.models.model")
+    logger.addHandler(handler)
+    try:
+        yield failures
+    finally:
+        logger.removeHandler(handler)
+
+
+def save_detector_model(weights: Path, imgsz: int, folder: Path, model, example: Optional[Path] = None,
+                        checks: Optional[Path] = None) -> Path:
+    """`weights` saved under `folder` as the pyfunc model the LoggedModel `model` stands for, as log_detector logs
+    it (flavor, code, signature, requirements), so any of the run's models can be registered and served; the model
+    folder. Nothing here talks to the server.
+
+    example: an encoded image, the input example; the model is then loaded again and predicts on it through the
+    serving path (MLflow's own check, which logs a warning when it fails), once per model code, serving packages
+    and image size as remembered in `checks` (as log_detector). Without it (a checkpoint) no example and no check:
+    a checkpoint differs from the final model only in its weights.
+    """
+    from train.tracking.mlflow_internals import check_serving
+
+    target = folder / "model"
+    mlflow_model = Model(artifact_path=model.artifact_location, run_id=model.source_run_id,
+                         model_uuid=model.model_id, model_id=model.model_id)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+        mlflow.pyfunc.save_model(
+            path=str(target), python_model=YoloDetector(), artifacts={"weights": str(weights)},
+            model_config={"imgsz": int(imgsz)}, signature=detector_signature(), mlflow_model=mlflow_model,
+            input_example=pd.DataFrame({"image": [example.read_bytes()]}) if example else None,
+            code_paths=[str(_model_code(folder / "code"))], pip_requirements=serving_requirements())
+    if example is not None:
+        passed = checks / f"{_serving_check_key(imgsz, DEFAULT_CONF_THRES, DEFAULT_IOU_THRES)}.passed" if checks else None
+        if passed is None or not passed.is_file():
+            with _serving_check_warnings() as failures:
+                check_serving(target)
+            if passed is not None and not failures:
+                passed.parent.mkdir(parents=True, exist_ok=True)
+                passed.touch()
+    return target
 
 
 def takes_alias(value: float, held: float, direction: str) -> bool:

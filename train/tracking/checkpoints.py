@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+from train.tracking.checkpoint_models import BEST, LAST, CheckpointModel, CheckpointModels
+
 _RETRY_WAIT_S = (1, 2, 5, 10)  # then every 10 s, as the metric spool (train/tracking/spool.py)
 STAGING = ".checkpoint-uploads"  # in the run folder, beside (never inside) YOLOv5's save_dir, which is uploaded whole
 
@@ -36,13 +38,16 @@ class Snapshot:
     folder: Path
     files: List[Tuple[Path, str]] = field(default_factory=list)
     best: Optional[Tuple[int, int]] = None  # the identity of the best.pt copied in, if any
+    models: List[CheckpointModel] = field(default_factory=list)  # the copies to log as LoggedModels
 
 
 class Transport:
-    """Where snapshots go: the run's artifacts and a tag (train/tracking/record.py's RunRecord)."""
+    """Where snapshots go: the run's artifacts and a tag (train/tracking/record.py's RunRecord), and with `models`
+    (train/tracking/checkpoint_models.py) its weights as LoggedModels."""
 
-    def __init__(self, record) -> None:
+    def __init__(self, record, models: Optional[CheckpointModels] = None) -> None:
         self.record = record
+        self.models = models
 
     def upload(self, path: Path, artifact_dir: str) -> None:
         self.record.log_file(path, artifact_dir)
@@ -68,10 +73,12 @@ class CheckpointUploader:
         self._last_time = clock()  # and of the minutes: the last snapshot's time (at first: training's start)
         # best.pt's (mtime_ns, size) as last uploaded: a snapshot dropped before its upload leaves it to the next one
         self._best_sent: Optional[Tuple[int, int]] = None
+        self._best_epoch: Optional[int] = None  # the epoch best.pt holds (the last one whose fitness was the best)
         self._cond = threading.Condition()
         self._waiting: Optional[Snapshot] = None
         self._in_flight: Optional[Snapshot] = None
-        self._stopped = False
+        self._stopped = False  # the one in flight is abandoned after its current request
+        self._closed = False  # no more snapshots; the one in flight may finish
         self._thread: Optional[threading.Thread] = None
         self.staged = 0  # snapshots taken
         self.staging_s: List[float] = []  # the training thread's time per snapshot
@@ -98,7 +105,9 @@ class CheckpointUploader:
         return by_epochs or by_minutes
 
     def on_model_save(self, last, epoch: int, final_epoch, best_fitness, fi) -> None:
-        if self._stopped or not self.due(epoch):
+        if best_fitness == fi:  # YOLOv5's own test for writing best.pt at this epoch
+            self._best_epoch = epoch
+        if self._closed or not self.due(epoch):
             return
         started = time.perf_counter()
         try:
@@ -132,12 +141,16 @@ class CheckpointUploader:
                 target.parent.mkdir(exist_ok=True)
                 shutil.copyfile(source, target)  # a copy, not a link: YOLOv5 rewrites last.pt in place
                 snapshot.files.append((target, artifact_dir))
+                if source.name == "best.pt" and self._best_epoch is not None:
+                    snapshot.models.append(CheckpointModel(BEST, target, self._best_epoch))
+                elif source.name == "last.pt":
+                    snapshot.models.append(CheckpointModel(LAST, target, epoch))
         return snapshot
 
     def offer(self, snapshot: Snapshot) -> None:
         """`snapshot` is the next to upload; one still waiting is dropped (latest wins)."""
         with self._cond:
-            if self._stopped:
+            if self._closed:
                 dropped = snapshot
             else:
                 dropped, self._waiting = self._waiting, snapshot
@@ -154,9 +167,19 @@ class CheckpointUploader:
         self.cancel()
         return self.join(timeout_s)
 
-    def cancel(self) -> None:
+    def close(self) -> None:
+        """No more snapshots: what waits is dropped; the one in flight, if any, goes on (`join` waits for it)."""
         with self._cond:
-            self._stopped = True
+            self._closed = True
+            dropped, self._waiting = self._waiting, None
+            self._cond.notify_all()
+        if dropped is not None:
+            self._discard(dropped)
+
+    def cancel(self) -> None:
+        """`close`, and the one in flight abandoned after its current request (its LoggedModels marked FAILED)."""
+        with self._cond:
+            self._stopped = self._closed = True
             dropped, self._waiting = self._waiting, None
             self._cond.notify_all()
         if dropped is not None:
@@ -186,9 +209,9 @@ class CheckpointUploader:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._waiting is None and not self._stopped:
+                while self._waiting is None and not self._closed:
                     self._cond.wait()
-                if self._stopped:
+                if self._waiting is None or self._stopped:
                     return
                 snapshot, self._waiting = self._waiting, None
                 self._in_flight = snapshot
@@ -219,6 +242,19 @@ class CheckpointUploader:
         steps: List[Callable[[], None]] = [
             (lambda p=path, d=artifact_dir: self.transport.upload(p, d)) for path, artifact_dir in snapshot.files]
         steps.append(lambda: self.transport.uploaded(snapshot.epoch))
+        models = getattr(self.transport, "models", None)
+        pending: List[str] = []  # LoggedModels created and not yet READY
+        if models is not None:
+            for model in snapshot.models:
+                steps.extend(models.steps(model, pending))
+        try:
+            return self._take(steps)
+        finally:
+            if pending:
+                models.give_up(pending)
+
+    def _take(self, steps: List[Callable[[], None]]) -> bool:
+        """Each step in turn, retried through outages; False when given up as moot or stopped."""
         for step in steps:
             attempt = 0
             while True:

@@ -9,10 +9,12 @@ installed package list.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
@@ -100,16 +102,18 @@ def _dataset_source(uri: str):
         return ArtifactUriSource(uri)
 
 
-def log_datasets(name: str, source: str, digests: Dict[str, str]) -> None:
-    """Each split (context -> digest) a dataset input of the active run, in one request."""
-    import mlflow
+def log_datasets(run: "RunRecord", name: str, source: str, digests: Dict[str, str]) -> None:
+    """Each split (context -> digest) a dataset input of `run`, in one request (from any thread: no active run)."""
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
     from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    datasets = [MetaDataset(_dataset_source(source), name=name, digest=digest) for digest in digests.values()]
+    inputs = [DatasetInput(MetaDataset(_dataset_source(source), name=name, digest=digest)._to_mlflow_entity(),
+                           [InputTag(MLFLOW_DATASET_CONTEXT, context)]) for context, digest in digests.items()]
     for attempt in range(1, DATASET_RACE_ATTEMPTS + 1):
         try:
-            mlflow.log_inputs(datasets=datasets, contexts=list(digests), tags_list=[None] * len(datasets))
+            run.client.log_inputs(run.run_id, datasets=inputs)
             return
         except MlflowException as error:
             if attempt == DATASET_RACE_ATTEMPTS or not _lost_dataset_race(error):
@@ -134,10 +138,29 @@ def environment_tags() -> Dict[str, str]:
     return tags
 
 
-def installed_packages() -> str:
-    """name==version of every installed distribution, sorted: what actually ran, beside what was pinned."""
+def packages_state() -> str:
+    """A name for the installed packages as they are now: the folders on sys.path and their modification times (an
+    install or removal changes them)."""
+    return hashlib.sha256(repr([(entry, os.stat(entry).st_mtime_ns) for entry in sys.path
+                                if os.path.isdir(entry)]).encode()).hexdigest()[:32]
+
+
+def installed_packages(cache_dir: Optional[Path] = None) -> str:
+    """name==version of every installed distribution, sorted: what actually ran, beside what was pinned.
+
+    Reading every distribution's metadata takes about half a second; with `cache_dir`, the list is kept there
+    under the state of the folders on sys.path (an install or removal changes their modification time)."""
+    kept = cache_dir / "environments" / f"{packages_state()}.txt" if cache_dir else None
+    if kept is not None and kept.is_file():
+        return kept.read_text()
     pins = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
-    return "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
+    text = "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(text)
+        partial.replace(kept)  # whole or not at all, for a sweep's trials starting at once
+    return text
 
 
 def dataset_source(config: Mapping[str, Any], data_yaml: Path) -> str:
@@ -163,9 +186,9 @@ def record(run: "RunRecord", config: Mapping[str, Any], data_yaml: Path) -> None
     run.set_tags({**(code.tags() if code else {}), **environment_tags()})
     if code and code.dirty:
         run.log_text(code.diff, "code/git-diff.patch")
-    log_datasets(dataset_name(OmegaConf.create(config["data"])), redact(dataset_source(config, data_yaml)),
+    log_datasets(run, dataset_name(OmegaConf.create(config["data"])), redact(dataset_source(config, data_yaml)),
                  digests(data_yaml, Path(config["paths"]["cache_dir"])))
-    run.log_text(installed_packages(), "environment/installed.txt")
+    run.log_text(installed_packages(Path(config["paths"]["cache_dir"])), "environment/installed.txt")
     lock = REPO / "requirements.lock"
     if lock.is_file():
         run.log_file(lock, "environment")

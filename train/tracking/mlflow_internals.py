@@ -7,18 +7,37 @@ tests that reach them (tests/unit/test_mlflow_internals.py, the Kubernetes launc
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
 
 CHECKED_WITH = "3.17.2"
 
 
 def forget_active_run() -> None:
     """Drop the fluent API's active run without ending it on the server (which is unreachable: mlflow.end_run
-    would spend minutes retrying set_terminated). The run's end state waits for `python -m train.tracking.sync`."""
-    from mlflow.tracking.fluent import _active_run_stack
+    would spend minutes retrying set_terminated). The run's end state waits for `python -m train.tracking.sync`.
 
-    _active_run_stack.get().clear()
+    Its system-metrics monitor is told to stop too, without waiting for it: mlflow.end_run would have stopped it
+    (SystemMetricsMonitor.finish, which joins the thread and then flushes to the server), and left running it would
+    go on sampling and, between samples, retrying the unreachable server for minutes. The thread is a daemon and
+    stops at its next check of the signal; a request of it in flight delays nothing but itself."""
+    from mlflow.tracking.fluent import _active_run_stack, run_id_to_system_metrics_monitor
+
+    stack = _active_run_stack.get()
+    for run in stack:
+        monitor = run_id_to_system_metrics_monitor.pop(run.info.run_id, None)
+        if monitor is not None:
+            monitor._shutdown_event.set()
+    stack.clear()
     os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+def system_metrics_monitor(run_id: str):
+    """The SystemMetricsMonitor mlflow.start_run(log_system_metrics=True) started for `run_id`, or None."""
+    from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
+
+    return run_id_to_system_metrics_monitor.get(run_id)
 
 
 def load_project(project_dir: str):
@@ -41,3 +60,75 @@ def load_kube_context(context: Optional[str]) -> None:
     from mlflow.projects.kubernetes import _load_kube_context
 
     _load_kube_context(context=context)
+
+
+@contextmanager
+def serving_check_skipped() -> Iterator[None]:
+    """Model.log without its reload-and-predict check of the input example (`validate_serving_input` is refused by
+    mlflow.pyfunc.save_model, so it cannot be passed): for a model whose check passed before (train.model.registry).
+    Model.log imports the checker from mlflow.models.utils at each call; the original is put back after."""
+    import mlflow.models.utils as model_utils
+
+    original = model_utils._validate_serving_input
+    model_utils._validate_serving_input = lambda model_uri, serving_input: None
+    try:
+        yield
+    finally:
+        model_utils._validate_serving_input = original
+
+
+@contextmanager
+def active_run_in_this_thread(run) -> Iterator[None]:
+    """`run` (the main thread's mlflow.ActiveRun) as this thread's active run too, for MLflow calls that take the
+    run and its experiment from the fluent API (Model.log): MLflow keeps the active run per thread. Nothing is
+    started or ended; the thread's stack is left as it was."""
+    from mlflow.tracking.fluent import _active_run_stack
+
+    stack = _active_run_stack.get()
+    stack.append(run)
+    try:
+        yield
+    finally:
+        stack.remove(run)
+
+
+def remember_package_map(cache_dir: Path) -> None:
+    """MLflow's map of modules to installed distributions (importlib_metadata.packages_distributions: 0.7 s of
+    reading every distribution's file list, made at the first model save or load of a process, for its check of
+    the model's requirements against what is installed), kept under `cache_dir` for the packages as they are
+    (lineage.packages_state) and handed to MLflow from there: made once per environment, not once per run."""
+    import json
+
+    from mlflow.utils import requirements_utils
+
+    from train.tracking.lineage import packages_state
+
+    if requirements_utils._MODULES_TO_PACKAGES is not None:
+        return
+    kept = cache_dir / "environments" / f"{packages_state()}.modules.json"
+    if kept.is_file():
+        requirements_utils._MODULES_TO_PACKAGES = json.loads(kept.read_text())
+        return
+    requirements_utils._init_modules_to_packages_map()
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    partial = kept.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(json.dumps(requirements_utils._MODULES_TO_PACKAGES))
+    partial.replace(kept)  # whole or not at all, for a sweep's trials starting at once
+
+
+def check_serving(model_dir: Path) -> None:
+    """What Model.log does with a model's input example before it returns: load the model from `model_dir` and
+    predict on the example through the serving path's JSON parsing; a failure is logged as a warning by
+    "mlflow.models.model"'s logger, never raised (as in Model.log)."""
+    import logging
+
+    from mlflow.models import Model
+    from mlflow.models.utils import _validate_serving_input
+
+    serving_input = Model.load(str(model_dir)).get_serving_input(str(model_dir))
+    if serving_input is None:
+        return
+    try:
+        _validate_serving_input(model_uri=str(model_dir), serving_input=serving_input)
+    except Exception as error:  # noqa: BLE001 - reported as Model.log reports it
+        logging.getLogger("mlflow.models.model").warning(f"Failed to validate serving input example: {error}")

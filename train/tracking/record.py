@@ -9,10 +9,12 @@ pickle would corrupt it, and none of them holds a URL or an environment value.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
 import yaml
 from mlflow import MlflowClient
@@ -21,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from train.redact import redact, redact_bytes
 
 _BATCH_LIMIT = 100  # MLflow's log_batch takes at most 100 params or tags per request
+_IMAGE_KEY_INVALID = re.compile(r"[^a-zA-Z0-9_\-./ ]")  # what MlflowClient.log_image takes in a key
 
 
 def clean_tags(tags: Mapping[str, Any]) -> Dict[str, str]:
@@ -45,8 +48,31 @@ class RunRecord:
             self.client.log_batch(self.run_id, params=items[i:i + _BATCH_LIMIT])
 
     def log_metrics(self, metrics: Iterable[Metric]) -> None:
-        self.client.log_batch(self.run_id, metrics=[Metric(redact(m.key), m.value, m.timestamp, m.step)
-                                                    for m in metrics])
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(redact(m.key), m.value, m.timestamp, m.step, model_id=m.model_id,
+                   dataset_name=redact(m.dataset_name) if m.dataset_name else None, dataset_digest=m.dataset_digest)
+            for m in metrics])
+
+    def start_logged_model(self, experiment_id: str, name: str, step: int, tags: Mapping[str, Any],
+                           params: Optional[Mapping[str, Any]] = None):
+        """A LoggedModel of this run, PENDING (so never taken for complete) until `finish_logged_model`; it shows
+        among the run's outputs at `step`."""
+        from mlflow.entities import LoggedModelOutput
+
+        model = self.client.create_logged_model(experiment_id, name=redact(name), source_run_id=self.run_id,
+                                                tags=clean_tags(tags), params=clean_tags(params or {}),
+                                                model_type="yolov5")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=step)])
+        return model
+
+    def log_model_files(self, model_id: str, folder: Path) -> None:
+        with _staged(folder) as staged:
+            self.client.log_model_artifacts(model_id, str(staged))
+
+    def finish_logged_model(self, model_id: str, complete: bool) -> None:
+        from mlflow.entities import LoggedModelStatus
+
+        self.client.finalize_logged_model(model_id, LoggedModelStatus.READY if complete else LoggedModelStatus.FAILED)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, redact(text), artifact_file)
@@ -60,15 +86,39 @@ class RunRecord:
 
     def log_folder(self, folder: Path, artifact_path: Optional[str] = None) -> None:
         """Every file under `folder`: unchanged files hard-linked (no copy), text with a secret in it masked."""
-        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-upload-") as tmp:
-            staged = Path(tmp) / folder.name
-            for source in sorted(p for p in folder.rglob("*") if p.is_file()):
-                _redacted_copy(source, staged / source.relative_to(folder).parent)
+        with _staged(folder) as staged:
             if staged.is_dir():
                 self.client.log_artifacts(self.run_id, str(staged), artifact_path)
 
+    def log_image(self, path: Path, key: str, step: int) -> None:
+        """An image file as MLflow's image `key` at `step` (images/<key>+step+<step>+..., a .png and a .webp
+        preview; the run's tag mlflow.loggedImages): its pixels as they are, the key redacted."""
+        from PIL import Image
+
+        clean_key = _IMAGE_KEY_INVALID.sub("_", redact(key)) or "_"
+        with Image.open(path) as image:
+            image.load()  # the whole file now: a truncated one raises here, before anything is sent
+            self.client.log_image(self.run_id, image, key=clean_key, step=step, synchronous=True)
+
+    def log_table(self, data: Mapping[str, Sequence[Any]], artifact_file: str) -> None:
+        """A table of columns (name -> values) as MLflow's JSON table artifact ({"columns": ..., "data": ...});
+        the column names and every string cell redacted. MLflow appends to an artifact_file the run already has."""
+        clean = {redact(str(column)): [redact(v) if isinstance(v, str) else v for v in values]
+                 for column, values in data.items()}
+        self.client.log_table(self.run_id, clean, redact(artifact_file))
+
     def set_terminated(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+@contextmanager
+def _staged(folder: Path) -> Iterator[Path]:
+    """A copy of `folder` to upload: unchanged files hard-linked (no copy), text with a secret in it masked."""
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-upload-") as tmp:
+        staged = Path(tmp) / folder.name
+        for source in sorted(p for p in folder.rglob("*") if p.is_file()):
+            _redacted_copy(source, staged / source.relative_to(folder).parent)
+        yield staged
 
 
 def _redacted_copy(source: Path, into: Path) -> Path:

@@ -29,7 +29,8 @@ LOG = "logs/train.log"
 RECORDED_CONFIG = "config/config.yaml"
 # Always this machine's: where it keeps things and how it reaches the server.
 LOCAL_KEYS = ("train.resume", "paths", "fetch", "mlflow.tracking_uri", "mlflow.startup_timeout_s",
-              "mlflow.delivery_timeout_s", "mlflow.checkpoint_every_epochs", "mlflow.checkpoint_every_minutes")
+              "mlflow.delivery_timeout_s", "mlflow.checkpoint_every_epochs", "mlflow.checkpoint_every_minutes",
+              "mlflow.system_metrics")
 # How this machine trains, not what: the record's unless given on the command line (workers changes the
 # augmentations' random streams, so a reproduction keeps the record's unless told otherwise).
 MACHINE_KEYS = ("train.device", "train.workers")

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional
 
@@ -20,16 +20,25 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunInfo, RunStatus
 from mlflow.environment_variables import (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-                                          MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
+                                          MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT,
+                                          MLFLOW_SYSTEM_METRICS_NODE_ID, MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING,
+                                          MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)
 
 from train.errors import RecordIncomplete, TrackingUnavailable
 from train.redact import redact
 from train.tracking.mlflow_internals import forget_active_run
-from train.tracking.names import flatten
+from train.tracking.names import flatten, sanitize_key
 from train.tracking.record import RunRecord, clean_tags, create_run
 from train.tracking.resume import RECORDED_CONFIG
 
 EMBEDDED_DB = "mlflow.db"
+# An experiment's kind, as MLflow's UI records it (its kind selector writes this tag): model training. The 3.17 UI
+# does not read it (docs/tracking.md#the-mlflow-ui); it is set on the experiments created here, at no cost, and
+# never over anyone's choice.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# The pod's node, from the downward API (kubernetes_job_template.yaml): on Kubernetes it names the system metrics.
+NODE_ENV = "NODE_NAME"
 
 # MLflow prints "View run ... at: <tracking URI>/..." whenever a run ends, credentials in the URI included;
 # the links this package prints are redacted (run_url).
@@ -128,12 +137,14 @@ def all_params(config: Mapping[str, Any]) -> Dict[str, str]:
 
 
 def experiment_id_for(client: mlflow.MlflowClient, experiment_name: str, tags: Mapping[str, str]) -> str:
-    """A sweep trial's parent's experiment; else the named one, created on first use."""
+    """A sweep trial's parent's experiment; else the named one, created on first use (of kind model training)."""
     parent = tags.get("mlflow.parentRunId")
     if parent:
         return client.get_run(parent).info.experiment_id
     experiment = client.get_experiment_by_name(experiment_name)
-    return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    if experiment:
+        return experiment.experiment_id
+    return client.create_experiment(experiment_name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
 
 
 def end_status(error: Optional[BaseException]) -> str:
@@ -142,14 +153,54 @@ def end_status(error: Optional[BaseException]) -> str:
     return RunStatus.to_string(RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED)
 
 
+def system_metrics_node_id() -> Optional[str]:
+    """What names the system metrics' node (system/<node id>/...): MLFLOW_SYSTEM_METRICS_NODE_ID where set, else the
+    pod's node on Kubernetes (NODE_NAME), else none (system/...)."""
+    explicit = MLFLOW_SYSTEM_METRICS_NODE_ID.get()
+    node = explicit or os.environ.get(NODE_ENV, "").strip()
+    return sanitize_key(node) if node else None
+
+
+@contextmanager
+def system_metrics_settings(settings: Mapping[str, Any]) -> Iterator[None]:
+    """mlflow.system_metrics' settings (interval, samples per point, node id) for the monitor the block's
+    start_run builds, then back as they were. MLflow keeps them in environment variables, read when the monitor is
+    built, so a sweep's next trial and the processes started later do not inherit this run's."""
+    variables = (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING,
+                 MLFLOW_SYSTEM_METRICS_NODE_ID)
+    saved = {var.name: os.environ.get(var.name) for var in variables}
+    try:
+        mlflow.set_system_metrics_sampling_interval(settings["sampling_interval_s"])
+        mlflow.set_system_metrics_samples_before_logging(settings["samples_before_logging"])
+        mlflow.set_system_metrics_node_id(system_metrics_node_id())
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @contextmanager
 def active_run(tracking_uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str],
-               run_id: Optional[str] = None) -> Iterator[mlflow.ActiveRun]:
-    """A new run, or `run_id` continued (MLFLOW_RUN_ID, as `mlflow run` and Kubernetes Jobs set it; a resume)."""
+               run_id: Optional[str] = None,
+               system_metrics: Optional[Mapping[str, Any]] = None) -> Iterator[mlflow.ActiveRun]:
+    """A new run, or `run_id` continued (MLFLOW_RUN_ID, as `mlflow run` and Kubernetes Jobs set it; a resume).
+
+    With `system_metrics` (the config's mlflow.system_metrics) enabled, MLflow's monitor samples the machine on a
+    thread of its own for the run's life: it stops when the run ends (within one request to the store, not a
+    sampling interval) or, if the server is gone at the end, when the run is forgotten. A continued run's series go
+    on from the step after its last one (MLflow's resume_logging), so a retried Job's points follow the first
+    attempt's instead of overwriting them. Without it there is no monitor, whatever
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says (conf/mlflow/default.yaml folds that variable into the config)."""
     mlflow.set_tracking_uri(tracking_uri)
     if not run_id:
         mlflow.set_experiment(experiment_id=experiment_id_for(mlflow.MlflowClient(), experiment_name, tags))
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else redact(run_name), tags=clean_tags(tags))
+    log_system_metrics = bool(system_metrics and system_metrics["enabled"])
+    with system_metrics_settings(system_metrics) if log_system_metrics else nullcontext():
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else redact(run_name), tags=clean_tags(tags),
+                               log_system_metrics=log_system_metrics)
     try:
         yield run
     except RecordIncomplete:

@@ -7,6 +7,7 @@ decides the end state); the log and every output are uploaded on every path out 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,14 +18,17 @@ import mlflow
 
 from train import yolo
 from train.console import ConsoleTee
-from train.errors import RecordIncomplete
+from train.errors import RecordIncomplete, TrackingUnavailable
 from train.hints import python_command
 from train.interrupts import CheckpointSafeInterrupts
 from train.model.weights import StartingWeights
 from train.redact import redact, without_credentials
 from train.tracking import attempts, lineage, resume
+from train.tracking.background import InBackground
+from train.tracking.checkpoint_models import CheckpointModels
 from train.tracking.checkpoints import STAGING, CheckpointUploader, Transport
 from train.tracking.hooks import MlflowHooks, last_row_metrics
+from train.tracking.plots import PlotHooks
 from train.tracking.names import sanitize_key
 from train.tracking.record import RunRecord
 from train.tracking.run import (active_run, all_params, check_artifacts_writable, end_status, one_line,
@@ -67,7 +71,7 @@ def train_tracked(session: Session, interrupts: CheckpointSafeInterrupts) -> Dic
     # Read before the run is opened, which sets it RUNNING: how the previous attempt left it.
     before = attempts.Before.read(session.tracking_uri, run_id) if run_id else None
     with active_run(session.tracking_uri, config["mlflow"]["experiment_name"], session.run_name, session.tags,
-                    run_id) as run:
+                    run_id, config["mlflow"]["system_metrics"]) as run:
         session.run_id = run.info.run_id
         record = RunRecord(mlflow.MlflowClient(), session.run_id)
         weights_path = str(session.weights.path) if session.weights else ""
@@ -80,57 +84,72 @@ def train_tracked(session: Session, interrupts: CheckpointSafeInterrupts) -> Dic
             start_epoch = opt.epochs if checkpoint.finished else yolo.continue_from(opt, checkpoint.path,
                                                                                    checkpoint.epoch)
             record.set_tags({"resumed_at_epoch": str(start_epoch)})
+            start = InBackground("mlflow-start-record", [])
         else:
-            _record_start(record, config, session)
+            start = _record_start(record, config, session)
         record.set_tags(attempts.tags(before, checkpoint is not None, checkpoint.epoch if checkpoint else None,
                                       os.environ))
         done = checkpoint is not None and checkpoint.finished
         spool = MetricSpool(session.tracking_uri, session.run_id)
         hooks = MlflowHooks(spool, session.save_dir)
-        uploader = CheckpointUploader(Transport(record), session.save_dir, session.log_path, session.out_dir / STAGING,
+        plots = PlotHooks(record, session.save_dir, config["mlflow"]["log_plots"] and not config["train"]["noplots"],
+                          resumed=checkpoint is not None)
+        models = CheckpointModels(record, run.info.experiment_id, config["train"]["imgsz"], spool.points,
+                                  Path(config["paths"]["cache_dir"]))
+        uploader = CheckpointUploader(Transport(record, models if config["mlflow"]["log_model"] else None),
+                                      session.save_dir, session.log_path, session.out_dir / STAGING,
                                       config["mlflow"]["checkpoint_every_epochs"],
                                       config["mlflow"]["checkpoint_every_minutes"], start_epoch,
                                       metrics_delivered=spool.delivered_through)
         outcome: Optional[BaseException] = None
+        final_model: Optional[FinalModel] = None
         try:
             with ConsoleTee(session.log_path):
                 print(f"MLflow run {session.run_id} in experiment {run.info.experiment_id} at "
                       f"{redact(session.tracking_uri)}")
-                if config["mlflow"]["log_model"]:
-                    from train.model.registry import check_serving_requirements_in_background
-
-                    check_serving_requirements_in_background()
                 try:
                     if done:
                         _finish_training(session.save_dir, checkpoint.epoch, opt.epochs)
                         hooks.last_metrics = last_row_metrics(session.save_dir / "results.csv")
                     else:
-                        yolo.train(opt, interrupts, hooks, uploader)
+                        yolo.train(opt, interrupts, hooks, uploader, plots)
+                    if config["mlflow"]["log_model"]:
+                        final_model = FinalModel(session, models, spool)  # beside the end-of-run uploads below
                 except BaseException as error:
                     traceback.print_exc()  # into train.log, which is uploaded below
                     outcome = error
                     raise
                 finally:
                     interrupts.training_ended()
-                    uploader.cancel()  # no more snapshots; the one in flight, if any, is waited for below
+                    # No more snapshots. The one in flight, if any, is waited for below, unless interrupted: a pod's
+                    # grace period is for the end-of-run upload.
+                    if outcome is None:
+                        uploader.close()
+                    else:
+                        uploader.cancel()
                     if uploader.enabled and not done:
                         print(uploader.summary())
         finally:
-            _finish_record(spool, record, session, config["mlflow"]["delivery_timeout_s"], outcome, uploader)
+            _finish_record(spool, record, session, config["mlflow"]["delivery_timeout_s"], outcome, uploader, start,
+                           plots)
         session.last_metrics = hooks.last_metrics
-        if config["mlflow"]["log_model"]:
-            _log_model(session)  # after _finish_record: the objective is on the server
+        if final_model is not None:
+            _register(session, final_model.uri())  # after _finish_record: the objective is on the server
     return session.last_metrics
 
 
-def _record_start(record: RunRecord, config: Mapping[str, Any], session: Session) -> None:
-    """The resolved config first (it proves the artifact store takes writes), then params and lineage."""
+def _record_start(record: RunRecord, config: Mapping[str, Any], session: Session) -> InBackground:
+    """The resolved config first (it proves the artifact store takes writes), then, while YOLOv5 starts, params and
+    lineage (scanning the installed packages alone takes half a second)."""
     check_artifacts_writable(record, config, config["mlflow"]["startup_timeout_s"])
-    # `mlflow run` logs its -P parameters first, some under train_wrapper.py's flat names (epochs, imgsz, ...):
-    # params are write-once, so those stay as given; the dotted keys hold the resolved values.
-    logged = record.client.get_run(session.run_id).data.params
-    record.log_params({k: v for k, v in all_params(config).items() if k not in logged})
-    lineage.record(record, config, session.data_yaml)
+
+    def params() -> None:
+        # `mlflow run` logs its -P parameters first, some under train_wrapper.py's flat names (epochs, imgsz, ...):
+        # params are write-once, so those stay as given; the dotted keys hold the resolved values.
+        logged = record.client.get_run(session.run_id).data.params
+        record.log_params({k: v for k, v in all_params(config).items() if k not in logged})
+
+    return InBackground("mlflow-start-record", [params, lambda: lineage.record(record, config, session.data_yaml)])
 
 
 def _finish_training(save_dir: Path, trained_epoch: int, epochs: int) -> None:
@@ -148,38 +167,89 @@ def _finish_training(save_dir: Path, trained_epoch: int, epochs: int) -> None:
 
 
 def _finish_record(spool: MetricSpool, record: RunRecord, session: Session, timeout_s: float,
-                   outcome: Optional[BaseException], uploader: Optional[CheckpointUploader] = None) -> None:
+                   outcome: Optional[BaseException], uploader: Optional[CheckpointUploader] = None,
+                   start: Optional[InBackground] = None, plots: Optional[PlotHooks] = None) -> None:
     """Every metric delivered and every output uploaded, or RecordIncomplete with the rest kept locally.
 
-    The checkpoint uploader is stopped first (within the same `timeout_s`), so no upload of its lands after these."""
+    The checkpoint uploader is stopped first (within the same `timeout_s`), so no upload of its lands after these.
+    A start of the record (params, lineage) that never landed fails a run that would have FINISHED: its record
+    could not reproduce it."""
     deadline = time.monotonic() + timeout_s
     if uploader is not None:
-        uploader.cancel()  # drops what waits; the one in flight finishes its current request at most
+        uploader.close()  # drops what waits; the one in flight goes on
     undelivered = spool.close(timeout_s)
     if uploader is not None and not uploader.join(deadline - time.monotonic()):
+        uploader.cancel()  # it writes nothing after its current request
         print(f"The checkpoint upload in flight did not end within mlflow.delivery_timeout_s ({timeout_s:g} s): "
               f"abandoned ({uploader.last_error or 'still sending'})")
     pending = PendingRecord(tracking_uri=without_credentials(session.tracking_uri), run_id=session.run_id,
                             status=end_status(outcome), epochs=undelivered)
+    not_started = start.wait(deadline - time.monotonic()) if start is not None else None
+    if not_started:
+        print(f"The run's params and lineage were not recorded: {not_started}")
+    if plots is not None and outcome is not None:
+        plots.close(0, drop_waiting=True)  # interrupted or failed: the grace period is for the outputs
     if not undelivered:
         try:
             upload_outputs(record, session.out_dir, session.save_dir, session.log_path)
-            return
         except Exception as error:  # noqa: BLE001 - the server went away between the metrics and the files
             reason = f"uploading the outputs failed: {one_line(error)}"
+        else:
+            if plots is not None and outcome is None:
+                # After the outputs, so the images' thread sent its last plots meanwhile; what is late is dropped
+                # (the files are in training-output/).
+                plots.close(deadline - time.monotonic())
+            if not_started and outcome is None:
+                raise TrackingUnavailable(f"the run's params and lineage were not recorded within "
+                                          f"mlflow.delivery_timeout_s ({timeout_s:g} s): {not_started}")
+            return
     else:
         reason = f"{len(undelivered)} epochs of metrics were not delivered ({spool.last_error})"
+    if plots is not None and outcome is None:
+        plots.close(0)  # the server is away: no more requests
     path = pending.save(session.out_dir)
     raise RecordIncomplete(f"the tracking server did not take the whole record: {reason}; it is kept in {path}: "
                            f"deliver it with `{python_command(f'-m train.tracking.sync {session.out_dir}')}`") from outcome
 
 
-def _log_model(session: Session) -> None:
-    from train.model.registry import example_image, log_detector, register_if_better
+class FinalModel:
+    """best.pt logged as the run's model `model` on a thread of its own, while the end of the record (metrics,
+    outputs, images) is sent: the two are each a few tenths of a second of requests, and neither needs the other.
+    It waits for the metrics of best.pt's epoch to be on the server first: they are linked to the model."""
+
+    def __init__(self, session: Session, models: CheckpointModels, spool: MetricSpool) -> None:
+        self._session, self._models, self._spool = session, models, spool
+        self._uri: Optional[str] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._log, name="mlflow-final-model", daemon=True)
+        self._thread.start()
+
+    def _log(self) -> None:
+        from train.model.registry import example_image
+        from train.tracking.checkpoint_models import FINAL, CheckpointModel
+
+        session = self._session
+        try:
+            step = yolo.best_epoch(session.save_dir / "results.csv")
+            deadline = time.monotonic() + session.config["mlflow"]["delivery_timeout_s"]
+            while not self._spool.delivered_through(step) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self._uri = self._models.log(CheckpointModel(FINAL, session.save_dir / "weights" / "best.pt", step,
+                                                         example_image(session.data_yaml)))
+        except BaseException as error:  # noqa: BLE001 - raised again on the main thread, by uri()
+            self._error = error
+
+    def uri(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._uri or ""
+
+
+def _register(session: Session, model_uri: str) -> None:
+    from train.model.registry import register_if_better
 
     config = session.config
-    model_uri = log_detector(session.save_dir / "weights" / "best.pt", config["train"]["imgsz"],
-                             example_image(session.data_yaml), step=yolo.best_epoch(session.save_dir / "results.csv"))
     name = config["mlflow"]["registered_model_name"]
     if name:
         alias = config["mlflow"]["champion_alias"]

@@ -65,6 +65,7 @@ class MetricSpool:
         self._run_id = run_id
         self._queue: "queue.Queue[Optional[EpochPoints]]" = queue.Queue()
         self._unacknowledged: List[EpochPoints] = []
+        self._sent: Dict[int, EpochPoints] = {}
         self._lock = threading.Lock()
         self.failures = 0
         self.last_error = ""
@@ -75,7 +76,13 @@ class MetricSpool:
         points = EpochPoints(step, int(time.time() * 1000), metrics)
         with self._lock:
             self._unacknowledged.append(points)
+            self._sent[step] = points
         self._queue.put(points)
+
+    def points(self, step: int) -> Optional[EpochPoints]:
+        """The points put for `step` (the last put, if several), as sent: a checkpoint's logged model links them."""
+        with self._lock:
+            return self._sent.get(step)
 
     def delivered_through(self, step: int) -> bool:
         """Whether the server holds every point put so far of the steps up to `step`."""

@@ -1,0 +1,135 @@
+"""The run's models as MLflow 3 logged models: each uploaded snapshot's weights, and at the end best.pt as `model`,
+LoggedModels of the run at their epoch, with that epoch's metrics linked to them, so the UI's model list shows every
+checkpoint with its mAP and
+`mlflow.search_logged_models(order_by=[{"field_name": "metrics.metrics/mAP_0.5_0.95", "ascending": False}])`
+finds the best.
+
+The metric points linked are the ones the spool sent (train/tracking/spool.py), not read back from the server:
+MLflow's own Model.log reads every metric's whole history to find one epoch's points (27 histories of 100 points
+took 1 s at the end of a 100-epoch run), which grows with epochs and classes.
+
+Checkpoints are logged on the uploader's thread (train/tracking/checkpoints.py), the final model on a thread of
+its own beside the end-of-run uploads (train/tracking/session.py); never on the training's. A model is created
+PENDING and set READY only once its files and metric links are stored; one abandoned half way (the run ended, an
+outage outlasted by a newer snapshot) is set FAILED where the server still answers, and otherwise stays PENDING:
+neither claims to be complete.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+from mlflow.entities import Metric
+
+from train.tracking.record import RunRecord
+from train.tracking.spool import EpochPoints
+
+BEST, LAST = "best-checkpoint", "last-checkpoint"  # the checkpoints' LoggedModels
+FINAL = "model"  # best.pt at the end, the model a run is registered and served by
+VALIDATION = "validation"  # the MLflow input context whose dataset the epoch's metrics are measured on
+
+
+@dataclass
+class CheckpointModel:
+    """One weights file of a snapshot and the epoch it holds."""
+    name: str
+    weights: Path
+    epoch: int
+    example: Optional[Path] = None  # an input example (the final model): its model is also checked once for serving
+
+
+class CheckpointModels:
+    """Logs `CheckpointModel`s through `record`, linking the points `points(epoch)` returns (as the metric spool
+    sent them: the same key, step, timestamp and value, so the run's history gains no point)."""
+
+    def __init__(self, record: RunRecord, experiment_id: str, imgsz: int,
+                 points: Callable[[int], Optional[EpochPoints]], cache_dir: Optional[Path] = None) -> None:
+        self.record, self.experiment_id, self.imgsz, self._points = record, experiment_id, imgsz, points
+        # Where MLflow's map of installed packages and the serving checks that passed are remembered.
+        self.cache_dir = cache_dir
+        self._dataset: Optional[Tuple[str, str]] = None
+        self.logged: List[str] = []  # model ids set READY, in order
+
+    def steps(self, model: CheckpointModel, abandoned: List[str]) -> List[Callable[[], None]]:
+        """The requests that log `model`, in order, each safe to retry; the model's id goes into `abandoned` while
+        it is PENDING, so whoever gives up on the steps can mark it FAILED (`give_up`)."""
+        state: dict = {}
+        folder = tempfile.TemporaryDirectory(prefix="checkpoint-model-")
+
+        def create() -> None:
+            if "model" not in state:
+                # The run's params, as MLflow's Model.log copies them: the model's page shows what trained it.
+                params = self.record.client.get_run(self.record.run_id).data.params
+                state["model"] = self.record.start_logged_model(
+                    self.experiment_id, model.name, model.epoch, {"epoch": model.epoch, "weights": model.weights.name},
+                    params)
+                abandoned.append(state["model"].model_id)
+
+        def upload() -> None:
+            from train.model.registry import save_detector_model
+            from train.tracking.mlflow_internals import remember_package_map
+
+            if "files" not in state:
+                if self.cache_dir is not None:
+                    remember_package_map(self.cache_dir)
+                checks = self.cache_dir / "serving-checks" if self.cache_dir else None
+                state["files"] = save_detector_model(model.weights, self.imgsz, Path(folder.name), state["model"],
+                                                     model.example, checks)
+            self.record.log_model_files(state["model"].model_id, state["files"])
+
+        def link_metrics() -> None:
+            points = self._points(model.epoch)
+            metrics = points.as_metrics() if points is not None else self._from_server(model.epoch)
+            if metrics:
+                name, digest = self._validation_dataset()
+                self.record.log_metrics([Metric(m.key, m.value, m.timestamp, m.step, model_id=state["model"].model_id,
+                                                dataset_name=name, dataset_digest=digest) for m in metrics])
+
+        def finish() -> None:
+            self.record.finish_logged_model(state["model"].model_id, complete=True)
+            abandoned.remove(state["model"].model_id)
+            self.logged.append(state["model"].model_id)
+            folder.cleanup()
+
+        return [create, upload, link_metrics, finish]
+
+    def log(self, model: CheckpointModel) -> str:
+        """`model` logged now, each request tried once (the final model: the run waits for it); its model URI."""
+        pending: List[str] = []
+        try:
+            for step in self.steps(model, pending):
+                step()
+        finally:
+            if pending:
+                self.give_up(pending)
+        return f"models:/{self.logged[-1]}"
+
+    def give_up(self, abandoned: List[str]) -> None:
+        """The models left PENDING by steps not all taken: FAILED, where the server takes it at once."""
+        from train.tracking.run import fail_fast_requests
+
+        for model_id in list(abandoned):
+            try:
+                with fail_fast_requests(5):
+                    self.record.finish_logged_model(model_id, complete=False)
+                abandoned.remove(model_id)
+            except Exception:  # noqa: BLE001 - the server is gone: PENDING says as much
+                pass
+
+    def _from_server(self, epoch: int) -> List[Metric]:
+        """`epoch`'s training metrics as the server holds them: for an epoch this process did not train (a resumed
+        run's best.pt from an earlier attempt). One history per metric, as MLflow's Model.log reads them."""
+        client, run_id = self.record.client, self.record.run_id
+        keys = [key for key in client.get_run(run_id).data.metrics if not key.startswith("system/")]
+        return [m for key in keys for m in client.get_metric_history(run_id, key) if m.step == epoch]
+
+    def _validation_dataset(self) -> Tuple[Optional[str], Optional[str]]:
+        """The validation split's (name, digest) among the run's dataset inputs (lineage logged them)."""
+        if self._dataset is None:  # asked again until found: lineage may still be on its way
+            for dataset_input in self.record.client.get_run(self.record.run_id).inputs.dataset_inputs:
+                if any(tag.key == "mlflow.data.context" and tag.value == VALIDATION for tag in dataset_input.tags):
+                    self._dataset = (dataset_input.dataset.name, dataset_input.dataset.digest)
+        return self._dataset or (None, None)
