@@ -50,6 +50,10 @@ class RecordIncomplete(RecipeError):
     exit_code = EXIT_TRACKING_UNAVAILABLE
 
 
+class ModelAbandoned(RecipeError):
+    """A model's logging stopped between its requests: the run ended (failed, or was interrupted) first."""
+
+
 class Outcome:
     """How one task ended: the exit code it asks for, and for sweepers the objective (NaN when it failed)."""
 

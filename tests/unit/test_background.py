@@ -49,3 +49,58 @@ def test_a_step_that_never_lands_is_given_up_at_the_wait_with_its_error_and_trie
     tried = len(calls)
     threading.Event().wait(0.05)
     assert len(calls) == tried and "never" not in calls and not job.done
+
+
+def test_a_refused_request_is_not_asked_again_and_its_line_says_why():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE)
+
+    job = InBackground("test", [refused, lambda: calls.append("never")])
+    assert job.wait(5) == "MlflowException: Changing param values is not allowed"
+    assert calls == [1]
+
+
+def test_the_error_kept_has_no_credentials():
+    def down():
+        raise ConnectionError("cannot reach http://alice:s3cr3t-canary@tracking:5000/api")
+
+    job = InBackground("test", [down])
+    threading.Event().wait(0.05)
+    line = job.wait(0)
+    assert "s3cr3t-canary" not in line and "tracking:5000" in line
+
+
+@pytest.mark.parametrize("landed_before", [False, True])
+def test_a_resumed_run_records_its_params_and_lineage_only_if_its_first_attempt_did_not(tmp_path, monkeypatch,
+                                                                                         landed_before):
+    """The first attempt may die (node loss) before its params and lineage land: the resume records them then."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from train.tracking import session as session_module
+    from train.tracking.record import RunRecord
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("resume", str(tmp_path / "artifacts"))).info.run_id
+    if landed_before:
+        client.set_tag(run_id, session_module.START_RECORDED, "true")
+    lineage_recorded = []
+    monkeypatch.setattr(session_module.lineage, "record", lambda *args: lineage_recorded.append(args[0].run_id))
+    config = {"train": {"epochs": 3, "imgsz": 64, "batch": 2, "device": "cpu"}, "data": {"name": "synthetic"},
+              "model": {"weights": ""}, "mlflow": {"startup_timeout_s": 5}}
+    start = session_module._record_start(RunRecord(client, run_id), config,
+                                         SimpleNamespace(run_id=run_id, data_yaml=tmp_path / "data.yaml"), resumed=True)
+    assert start.wait(30) is None
+    run = client.get_run(run_id)
+    if landed_before:
+        assert lineage_recorded == [] and "train.epochs" not in run.data.params
+    else:
+        assert lineage_recorded == [run_id] and run.data.params["train.epochs"] == "3"
+        assert run.data.tags[session_module.START_RECORDED] == "true"

@@ -4,6 +4,9 @@ the validation dataset and never duplicated in the run's history, the best found
 
 from __future__ import annotations
 
+import os
+import threading
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -12,7 +15,9 @@ from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.entities import DatasetInput, InputTag, LoggedModelStatus
 
 from tests.unit.test_checkpoints import Run, quick_retries, wait_for  # noqa: F401 - quick_retries is a fixture
-from train.tracking.checkpoint_models import BEST, LAST, CheckpointModels
+from train.errors import ModelAbandoned
+from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES
+from train.tracking.checkpoint_models import BEST, LAST, CheckpointModel, CheckpointModels
 from train.tracking.checkpoints import Transport
 from train.tracking.record import RunRecord
 from train.tracking.spool import MetricSpool
@@ -116,4 +121,107 @@ def test_a_model_abandoned_half_way_is_failed_never_ready(tmp_path, store):
     assert uploader.stop(5)  # the run ends: the model in flight is given up
     models = client.search_logged_models([experiment_id])
     assert models and {m.status for m in models} == {LoggedModelStatus.FAILED}
+    spool.close(5)
+
+
+class _Recording(RunRecord):
+    """A record that calls `during_upload` before the model's files go up."""
+
+    def __init__(self, client, run_id, during_upload) -> None:
+        super().__init__(client, run_id)
+        self.during_upload = during_upload
+
+    def log_model_files(self, model_id, folder):
+        self.during_upload()
+        super().log_model_files(model_id, folder)
+
+
+def models_with(store, during_upload) -> CheckpointModels:
+    uri, client, experiment_id, run_id = store
+    return CheckpointModels(_Recording(client, run_id, during_upload), experiment_id, 64,
+                            MetricSpool(uri, run_id).points)
+
+
+def a_checkpoint(tmp_path, name=BEST):
+    weights = tmp_path / f"{name}.pt"
+    weights.write_text(f"{name} 3")
+    return CheckpointModel(name, weights, 3)
+
+
+def test_log_returns_its_own_model_while_the_uploader_logs_others(tmp_path, store):
+    models = models_with(store, lambda: models.logged.append("m-logged-meanwhile-by-the-uploader"))
+    uri = models.log(a_checkpoint(tmp_path))
+    assert uri != "models:/m-logged-meanwhile-by-the-uploader" and uri == f"models:/{models.logged[-1]}"
+    assert store[1].get_logged_model(uri.split("/")[-1]).status == LoggedModelStatus.READY
+
+
+def test_a_model_cancelled_between_requests_is_failed_and_its_log_raises(tmp_path, store):
+    cancelled = threading.Event()
+    models = models_with(store, cancelled.set)  # the run ends while the files go up
+    with pytest.raises(ModelAbandoned):
+        models.log(a_checkpoint(tmp_path), cancelled)
+    assert [m.status for m in store[1].search_logged_models([store[2]])] == [LoggedModelStatus.FAILED]
+    assert not models.logged
+
+
+def test_giving_up_leaves_the_processs_request_settings_alone_and_is_bounded(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    seen, release = [], threading.Event()
+    models = models_with(store, lambda: None)
+
+    def hanging_finish(model_id, complete):
+        seen.append(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+        release.wait(10)  # a server that never answers
+
+    models.record.finish_logged_model = hanging_finish
+    abandoned = ["m-1"]
+    models.give_up(abandoned, timeout_s=0.2)
+    assert seen == ["7"] and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+    assert abandoned == ["m-1"]  # still PENDING: the server never said
+    release.set()
+
+
+def test_the_final_model_of_a_run_that_did_not_finish_is_never_ready(tmp_path, store, monkeypatch):
+    """The end of the record failed (or SIGTERM came) while best.pt was being logged beside it: session.FinalModel
+    is abandoned; its request in flight ends, nothing follows it, and the model is FAILED."""
+    from types import SimpleNamespace
+
+    from train import yolo
+    from train.model import registry
+    from train.tracking.session import FinalModel
+
+    monkeypatch.setattr(yolo, "best_epoch", lambda results_csv: 3)
+    monkeypatch.setattr(registry, "example_image", lambda data_yaml: tmp_path / "example.jpg")
+    (tmp_path / "example.jpg").write_bytes(b"an image")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "best.pt").write_text("best 3")
+    checks = tmp_path / "cache" / "serving-checks"  # passed before: left alone, the model would be READY
+    checks.mkdir(parents=True)
+    (checks / f"{registry._serving_check_key(64, DEFAULT_CONF_THRES, DEFAULT_IOU_THRES)}.passed").touch()
+    uri, client, experiment_id, run_id = store
+    in_flight, release, uploads = threading.Event(), threading.Event(), []
+
+    class SlowCreate(RunRecord):
+        def start_logged_model(self, *args, **kwargs):
+            in_flight.set()
+            release.wait(10)
+            return super().start_logged_model(*args, **kwargs)
+
+        def log_model_files(self, model_id, folder):
+            uploads.append(model_id)
+            super().log_model_files(model_id, folder)
+
+    spool = MetricSpool(uri, run_id)
+    spool.put(3, {MAP: 0.5})
+    models = CheckpointModels(SlowCreate(client, run_id), experiment_id, 64, spool.points, tmp_path / "cache")
+    session = SimpleNamespace(save_dir=tmp_path, data_yaml=tmp_path / "data.yaml",
+                              config={"mlflow": {"delivery_timeout_s": 5}})
+    final = FinalModel(session, models, spool)
+    assert in_flight.wait(10)
+    final.abandon(timeout_s=0.1)  # the create request is still in flight
+    release.set()
+    with pytest.raises(ModelAbandoned):
+        final.uri()
+    assert [m.status for m in client.search_logged_models([experiment_id])] == [LoggedModelStatus.FAILED]
+    assert not models.logged and not uploads
     spool.close(5)

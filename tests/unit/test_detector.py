@@ -130,6 +130,31 @@ def test_mlflows_map_of_installed_packages_is_made_once_per_environment(tmp_path
     assert '"yolov5"' in kept.read_text()
 
 
+def test_what_is_kept_per_environment_outlives_outputs_in_the_working_folder_and_is_remade_when_damaged(
+        tmp_path, monkeypatch):
+    from train.tracking.lineage import kept_per_environment, packages_state
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # `python -m train` puts the working folder first on sys.path
+    state = packages_state()
+    (tmp_path / "outputs").mkdir()  # a run writes there: the installed packages are the same
+    assert packages_state() == state
+
+    made = []
+
+    def make():
+        made.append(1)
+        return '{"yolov5": ["yolov5"]}'
+
+    def keep():
+        return kept_per_environment(tmp_path / "cache", ".modules.json", make, lambda text: text.startswith("{"))
+
+    assert keep() == keep() == '{"yolov5": ["yolov5"]}' and made == [1]
+    [kept] = (tmp_path / "cache" / "environments").iterdir()  # and no partial file left beside it
+    kept.write_text("half a fi")  # damaged (by hand: a write is whole or not at all)
+    assert keep() == '{"yolov5": ["yolov5"]}' and made == [1, 1]
+
+
 def test_example_image_is_the_first_validation_image(tmp_path):
     root = generate(SyntheticSpec(train_images=1, val_images=2, image_size=32, seed=0), tmp_path)
     data_yaml = tmp_path / "data.yaml"

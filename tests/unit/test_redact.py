@@ -46,3 +46,20 @@ def test_urls_as_hydras_sweepers_escape_them_are_redacted_too():
     from train.redact import without_credentials
 
     assert without_credentials(escaped) == r"mlflow.tracking_uri=http\://127.0.0.1\:5000"
+
+
+def test_a_dataset_input_reaches_the_record_without_the_login_in_its_source(tmp_path):
+    from mlflow import MlflowClient
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    from train.tracking.record import RunRecord
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("inputs", str(tmp_path / "artifacts"))).info.run_id
+    source = HTTPDatasetSource("https://alice:canary-s3cr3t@data.example.com/shapes.zip")
+    dataset = MetaDataset(source, name="shapes", digest="abc123")._to_mlflow_entity()
+    RunRecord(client, run_id).log_inputs([DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+    [recorded] = client.get_run(run_id).inputs.dataset_inputs
+    assert "canary-s3cr3t" not in recorded.dataset.source and "data.example.com/shapes.zip" in recorded.dataset.source

@@ -1,6 +1,5 @@
-"""best.pt logged as its run's MLflow model, and registered: the alias moves only to a better model.
-
-Called inside the training run once YOLOv5 has finished (see log_detector), or afterwards with run_id.
+"""The detector as an MLflow pyfunc model (saved for a run's LoggedModel, or logged into a run after the fact), and
+registered: the alias moves only to a better model.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from train.tracking.mlflow_internals import serving_check_skipped
 from train.model.detector import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, OUTPUT_DTYPES, YoloDetector
 
 TRAIN_PACKAGE = Path(__file__).resolve().parent.parent
@@ -78,34 +76,27 @@ def _model_code(folder: Path) -> Path:
 
 
 def log_detector(best_pt: Path, imgsz: int, example_image: Path, run_id: Optional[str] = None,
-                 conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES, step: int = 0,
-                 checks: Optional[Path] = None) -> str:
+                 conf_thres: float = DEFAULT_CONF_THRES, iou_thres: float = DEFAULT_IOU_THRES, step: int = 0) -> str:
     """Log `best_pt` as the pyfunc model `model` of the active run (or of `run_id`); its model URI.
 
     imgsz: the training image size. example_image: an encoded image file, stored as the input example;
     MLflow also predicts on it through the JSON serving path before returning, so a model that cannot load
     or predict is reported (as a warning) at logging time. step: the epoch whose weights best_pt holds; MLflow
-    links the run's metrics at that step to the model. checks: a folder remembering the serving checks that
-    passed: that check is made once per model code, serving requirements and image size (its first run in a
-    process loads YOLOv5 and predicts: 0.4 s), not at the end of every run.
+    links the run's metrics at that step to the model. For logging best.pt into a run after the fact; a training
+    run logs its models through train.tracking.checkpoint_models (save_detector_model below), without Model.log's
+    read of every metric's history.
     """
     active = mlflow.active_run()
     if run_id is None and active is None:
         raise ValueError("log_detector needs an active run or a run_id: the model belongs to a training run")
     in_run = run_id is None or (active is not None and active.info.run_id == run_id)
-    passed = checks / f"{_serving_check_key(imgsz, conf_thres, iou_thres)}.passed" if checks else None
-    check = passed is None or not passed.is_file()
-    with nullcontext() if in_run else mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as code, \
-            _serving_check_warnings() as failures, nullcontext() if check else serving_check_skipped():
+    with nullcontext() if in_run else mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as code:
         info = mlflow.pyfunc.log_model(
             name="model", python_model=YoloDetector(), artifacts={"weights": str(best_pt)},
             model_config={"imgsz": int(imgsz)}, signature=detector_signature(conf_thres, iou_thres),
             input_example=pd.DataFrame({"image": [Path(example_image).read_bytes()]}), step=step,
             # The model's part of `train` travels with it: a fresh process unpickles YoloDetector from it.
             code_paths=[str(_model_code(Path(code)))], pip_requirements=serving_requirements())
-    if check and passed is not None and not failures:
-        passed.parent.mkdir(parents=True, exist_ok=True)
-        passed.touch()
     return info.model_uri
 
 

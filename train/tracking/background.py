@@ -1,13 +1,16 @@
 """Record writes that need not hold up training: steps run in turn on a thread of their own while it starts.
 
 Each step is retried through outages (it must be safe to repeat: params, tags and inputs are), so a server that
-blinks during the start costs nothing; `wait` at the end of training says whether everything landed.
+blinks during the start costs nothing; a refusal (a 4xx other than a timeout or throttling) is not retried: it
+would be refused again. `wait` at the end of training says whether everything landed.
 """
 
 from __future__ import annotations
 
 import threading
 from typing import Callable, Optional, Sequence
+
+from train.tracking.run import one_line
 
 _RETRY_WAIT_S = (1, 2, 5, 10)  # then every 10 s, as the metric spool (train/tracking/spool.py)
 
@@ -16,7 +19,7 @@ class InBackground:
     def __init__(self, name: str, steps: Sequence[Callable[[], None]]) -> None:
         self._steps = list(steps)
         self._given_up = threading.Event()
-        self.last_error = ""
+        self.last_error = ""  # one line, without credentials
         self.done = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -32,14 +35,25 @@ class InBackground:
     def _run(self) -> None:
         for step in self._steps:
             attempt = 0
-            while True:
+            while not self._given_up.is_set():
                 try:
                     step()
                     break
-                except Exception as error:  # noqa: BLE001 - an outage of any kind, or a refusal: retried
-                    text = str(error).strip()
-                    self.last_error = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
-                    if self._given_up.wait(_RETRY_WAIT_S[min(attempt, len(_RETRY_WAIT_S) - 1)]):
+                except Exception as error:  # noqa: BLE001 - an outage of any kind, or a refusal
+                    self.last_error = f"{type(error).__name__}: {one_line(error)}"
+                    if _refused(error) or self._given_up.wait(_RETRY_WAIT_S[min(attempt, len(_RETRY_WAIT_S) - 1)]):
                         return
                     attempt += 1
+            else:
+                return
         self.done = True
+
+
+def _refused(error: Exception) -> bool:
+    """The server (or MLflow's client, checking first) said no to the request itself: asking again won't help."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException):
+        return False
+    status = error.get_http_status_code()
+    return 400 <= status < 500 and status not in (408, 429)

@@ -18,12 +18,14 @@ neither claims to be complete.
 from __future__ import annotations
 
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from mlflow.entities import Metric
 
+from train.errors import ModelAbandoned
 from train.tracking.record import RunRecord
 from train.tracking.spool import EpochPoints
 
@@ -53,9 +55,11 @@ class CheckpointModels:
         self._dataset: Optional[Tuple[str, str]] = None
         self.logged: List[str] = []  # model ids set READY, in order
 
-    def steps(self, model: CheckpointModel, abandoned: List[str]) -> List[Callable[[], None]]:
+    def steps(self, model: CheckpointModel, abandoned: List[str],
+              logged: Optional[List[str]] = None) -> List[Callable[[], None]]:
         """The requests that log `model`, in order, each safe to retry; the model's id goes into `abandoned` while
-        it is PENDING, so whoever gives up on the steps can mark it FAILED (`give_up`)."""
+        it is PENDING, so whoever gives up on the steps can mark it FAILED (`give_up`), and into `logged` once
+        READY."""
         state: dict = {}
         folder = tempfile.TemporaryDirectory(prefix="checkpoint-model-")
 
@@ -64,9 +68,11 @@ class CheckpointModels:
                 # The run's params, as MLflow's Model.log copies them: the model's page shows what trained it.
                 params = self.record.client.get_run(self.record.run_id).data.params
                 state["model"] = self.record.start_logged_model(
-                    self.experiment_id, model.name, model.epoch, {"epoch": model.epoch, "weights": model.weights.name},
-                    params)
+                    self.experiment_id, model.name, {"epoch": model.epoch, "weights": model.weights.name}, params)
                 abandoned.append(state["model"].model_id)
+
+        def list_in_run() -> None:  # a step of its own: a retry must not create the model again
+            self.record.log_model_output(state["model"].model_id, model.epoch)
 
         def upload() -> None:
             from train.model.registry import save_detector_model
@@ -81,6 +87,8 @@ class CheckpointModels:
             self.record.log_model_files(state["model"].model_id, state["files"])
 
         def link_metrics() -> None:
+            if not _stores_identical_points_once(self.record.client.tracking_uri):
+                return
             points = self._points(model.epoch)
             metrics = points.as_metrics() if points is not None else self._from_server(model.epoch)
             if metrics:
@@ -92,32 +100,43 @@ class CheckpointModels:
             self.record.finish_logged_model(state["model"].model_id, complete=True)
             abandoned.remove(state["model"].model_id)
             self.logged.append(state["model"].model_id)
+            if logged is not None:
+                logged.append(state["model"].model_id)
             folder.cleanup()
 
-        return [create, upload, link_metrics, finish]
+        return [create, list_in_run, upload, link_metrics, finish]
 
-    def log(self, model: CheckpointModel) -> str:
-        """`model` logged now, each request tried once (the final model: the run waits for it); its model URI."""
+    def log(self, model: CheckpointModel, cancelled: Optional[threading.Event] = None) -> str:
+        """`model` logged now, each request tried once (the final model: the run waits for it), unless `cancelled`
+        is set before a request; its model URI."""
         pending: List[str] = []
+        mine: List[str] = []
         try:
-            for step in self.steps(model, pending):
+            for step in self.steps(model, pending, mine):
+                if cancelled is not None and cancelled.is_set():
+                    raise ModelAbandoned(f"{model.name} abandoned: the run ended first")
                 step()
         finally:
             if pending:
                 self.give_up(pending)
-        return f"models:/{self.logged[-1]}"
+        return f"models:/{mine[0]}"
 
-    def give_up(self, abandoned: List[str]) -> None:
-        """The models left PENDING by steps not all taken: FAILED, where the server takes it at once."""
-        from train.tracking.run import fail_fast_requests
+    def give_up(self, abandoned: List[str], timeout_s: float = 5) -> None:
+        """The models left PENDING by steps not all taken: FAILED, where the server takes it within `timeout_s`.
 
-        for model_id in list(abandoned):
-            try:
-                with fail_fast_requests(5):
+        On a thread of its own, so the wait is bounded without changing MLflow's retries (read from the process's
+        environment, which other threads' requests share); one that outlives the wait dies with the process."""
+        def mark_failed() -> None:
+            for model_id in list(abandoned):
+                try:
                     self.record.finish_logged_model(model_id, complete=False)
-                abandoned.remove(model_id)
-            except Exception:  # noqa: BLE001 - the server is gone: PENDING says as much
-                pass
+                    abandoned.remove(model_id)
+                except Exception:  # noqa: BLE001 - the server is gone: PENDING says as much
+                    pass
+
+        marking = threading.Thread(target=mark_failed, name="mlflow-model-give-up", daemon=True)
+        marking.start()
+        marking.join(timeout_s)
 
     def _from_server(self, epoch: int) -> List[Metric]:
         """`epoch`'s training metrics as the server holds them: for an epoch this process did not train (a resumed
@@ -133,3 +152,12 @@ class CheckpointModels:
                 if any(tag.key == "mlflow.data.context" and tag.value == VALIDATION for tag in dataset_input.tags):
                     self._dataset = (dataset_input.dataset.name, dataset_input.dataset.digest)
         return self._dataset or (None, None)
+
+
+def _stores_identical_points_once(tracking_uri: str) -> bool:
+    """Whether sending a point the run already has adds nothing to its history: so for a SQL store, directly or
+    behind a server. A file store (a local folder, or `file:`) appends every point sent: its models go unlinked
+    rather than double each linked epoch. A server in front of a file store cannot be told apart (docs/tracking.md)."""
+    from urllib.parse import urlparse
+
+    return urlparse(str(tracking_uri)).scheme not in ("", "file")

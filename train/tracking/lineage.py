@@ -15,9 +15,10 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 import yaml
 
@@ -113,7 +114,7 @@ def log_datasets(run: "RunRecord", name: str, source: str, digests: Dict[str, st
                            [InputTag(MLFLOW_DATASET_CONTEXT, context)]) for context, digest in digests.items()]
     for attempt in range(1, DATASET_RACE_ATTEMPTS + 1):
         try:
-            run.client.log_inputs(run.run_id, datasets=inputs)
+            run.log_inputs(inputs)
             return
         except MlflowException as error:
             if attempt == DATASET_RACE_ATTEMPTS or not _lost_dataset_race(error):
@@ -139,28 +140,46 @@ def environment_tags() -> Dict[str, str]:
 
 
 def packages_state() -> str:
-    """A name for the installed packages as they are now: the folders on sys.path and their modification times (an
-    install or removal changes them)."""
+    """A name for the installed packages as they are now: the package folders on sys.path (site-packages,
+    dist-packages) and their modification times (an install or removal changes them). The working directory and
+    the project's folder are left out: a run writing its outputs there changes theirs."""
     return hashlib.sha256(repr([(entry, os.stat(entry).st_mtime_ns) for entry in sys.path
-                                if os.path.isdir(entry)]).encode()).hexdigest()[:32]
+                                if Path(entry).name.endswith("-packages") and os.path.isdir(entry)]).encode()
+                          ).hexdigest()[:32]
+
+
+def kept_per_environment(cache_dir: Path, suffix: str, make: Callable[[], str],
+                         usable: Callable[[str], bool] = lambda text: True) -> str:
+    """`make()`, kept under `cache_dir` for the installed packages as they are (`packages_state`) and read from
+    there while they stay so. Written whole or not at all (a sweep's trials, and a run's own threads, start at
+    once); a kept text that is unreadable or not `usable` is made again."""
+    kept = cache_dir / "environments" / f"{packages_state()}{suffix}"
+    try:
+        text = kept.read_text()
+        if usable(text):
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    text = make()
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=kept.parent, prefix=f"{kept.name}.", suffix=".partial")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.replace(partial, kept)
+    return text
 
 
 def installed_packages(cache_dir: Optional[Path] = None) -> str:
     """name==version of every installed distribution, sorted: what actually ran, beside what was pinned.
 
-    Reading every distribution's metadata takes about half a second; with `cache_dir`, the list is kept there
-    under the state of the folders on sys.path (an install or removal changes their modification time)."""
-    kept = cache_dir / "environments" / f"{packages_state()}.txt" if cache_dir else None
-    if kept is not None and kept.is_file():
-        return kept.read_text()
-    pins = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
-    text = "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
-    if kept is not None:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        partial = kept.with_suffix(f".{os.getpid()}.partial")
-        partial.write_text(text)
-        partial.replace(kept)  # whole or not at all, for a sweep's trials starting at once
-    return text
+    Reading every distribution's metadata takes about half a second; with `cache_dir`, the list is made once
+    per environment (`kept_per_environment`)."""
+    def scan() -> str:
+        pins = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                if d.metadata["Name"]}
+        return "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
+
+    return kept_per_environment(cache_dir, ".txt", scan) if cache_dir else scan()
 
 
 def dataset_source(config: Mapping[str, Any], data_yaml: Path) -> str:

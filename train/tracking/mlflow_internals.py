@@ -7,9 +7,8 @@ tests that reach them (tests/unit/test_mlflow_internals.py, the Kubernetes launc
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 CHECKED_WITH = "3.17.2"
 
@@ -62,36 +61,6 @@ def load_kube_context(context: Optional[str]) -> None:
     _load_kube_context(context=context)
 
 
-@contextmanager
-def serving_check_skipped() -> Iterator[None]:
-    """Model.log without its reload-and-predict check of the input example (`validate_serving_input` is refused by
-    mlflow.pyfunc.save_model, so it cannot be passed): for a model whose check passed before (train.model.registry).
-    Model.log imports the checker from mlflow.models.utils at each call; the original is put back after."""
-    import mlflow.models.utils as model_utils
-
-    original = model_utils._validate_serving_input
-    model_utils._validate_serving_input = lambda model_uri, serving_input: None
-    try:
-        yield
-    finally:
-        model_utils._validate_serving_input = original
-
-
-@contextmanager
-def active_run_in_this_thread(run) -> Iterator[None]:
-    """`run` (the main thread's mlflow.ActiveRun) as this thread's active run too, for MLflow calls that take the
-    run and its experiment from the fluent API (Model.log): MLflow keeps the active run per thread. Nothing is
-    started or ended; the thread's stack is left as it was."""
-    from mlflow.tracking.fluent import _active_run_stack
-
-    stack = _active_run_stack.get()
-    stack.append(run)
-    try:
-        yield
-    finally:
-        stack.remove(run)
-
-
 def remember_package_map(cache_dir: Path) -> None:
     """MLflow's map of modules to installed distributions (importlib_metadata.packages_distributions: 0.7 s of
     reading every distribution's file list, made at the first model save or load of a process, for its check of
@@ -101,19 +70,23 @@ def remember_package_map(cache_dir: Path) -> None:
 
     from mlflow.utils import requirements_utils
 
-    from train.tracking.lineage import packages_state
+    from train.tracking.lineage import kept_per_environment
 
     if requirements_utils._MODULES_TO_PACKAGES is not None:
         return
-    kept = cache_dir / "environments" / f"{packages_state()}.modules.json"
-    if kept.is_file():
-        requirements_utils._MODULES_TO_PACKAGES = json.loads(kept.read_text())
-        return
-    requirements_utils._init_modules_to_packages_map()
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    partial = kept.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(json.dumps(requirements_utils._MODULES_TO_PACKAGES))
-    partial.replace(kept)  # whole or not at all, for a sweep's trials starting at once
+
+    def make() -> str:
+        requirements_utils._init_modules_to_packages_map()
+        return json.dumps(requirements_utils._MODULES_TO_PACKAGES)
+
+    def usable(text: str) -> bool:
+        try:
+            return isinstance(json.loads(text), dict)
+        except ValueError:
+            return False
+
+    requirements_utils._MODULES_TO_PACKAGES = json.loads(kept_per_environment(cache_dir, ".modules.json", make,
+                                                                              usable))
 
 
 def check_serving(model_dir: Path) -> None:

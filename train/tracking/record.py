@@ -53,17 +53,29 @@ class RunRecord:
                    dataset_name=redact(m.dataset_name) if m.dataset_name else None, dataset_digest=m.dataset_digest)
             for m in metrics])
 
-    def start_logged_model(self, experiment_id: str, name: str, step: int, tags: Mapping[str, Any],
+    def log_inputs(self, datasets: Sequence[Any]) -> None:
+        """MLflow DatasetInputs of this run, their names and sources redacted (a source is a URL, and may carry a
+        login)."""
+        from mlflow.entities import Dataset, DatasetInput
+
+        clean = [DatasetInput(Dataset(name=redact(given.dataset.name), digest=given.dataset.digest,
+                                      source_type=given.dataset.source_type, source=redact(given.dataset.source),
+                                      schema=given.dataset.schema, profile=given.dataset.profile), given.tags)
+                 for given in datasets]
+        self.client.log_inputs(self.run_id, datasets=clean)
+
+    def start_logged_model(self, experiment_id: str, name: str, tags: Mapping[str, Any],
                            params: Optional[Mapping[str, Any]] = None):
-        """A LoggedModel of this run, PENDING (so never taken for complete) until `finish_logged_model`; it shows
-        among the run's outputs at `step`."""
+        """A LoggedModel of this run, PENDING (so never taken for complete) until `finish_logged_model`."""
+        return self.client.create_logged_model(experiment_id, name=redact(name), source_run_id=self.run_id,
+                                               tags=clean_tags(tags), params=clean_tags(params or {}),
+                                               model_type="yolov5")
+
+    def log_model_output(self, model_id: str, step: int) -> None:
+        """The model among the run's outputs at `step` (the UI's model list of the run)."""
         from mlflow.entities import LoggedModelOutput
 
-        model = self.client.create_logged_model(experiment_id, name=redact(name), source_run_id=self.run_id,
-                                                tags=clean_tags(tags), params=clean_tags(params or {}),
-                                                model_type="yolov5")
-        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=step)])
-        return model
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, step=step)])
 
     def log_model_files(self, model_id: str, folder: Path) -> None:
         with _staged(folder) as staged:

@@ -35,6 +35,8 @@ from train.tracking.run import (active_run, all_params, check_artifacts_writable
                                 upload_outputs)
 from train.tracking.spool import MetricSpool, PendingRecord
 
+START_RECORDED = "params_and_lineage_recorded"  # tag: the run's params and lineage landed (a resume need not redo them)
+
 
 @dataclass
 class Session:
@@ -84,9 +86,7 @@ def train_tracked(session: Session, interrupts: CheckpointSafeInterrupts) -> Dic
             start_epoch = opt.epochs if checkpoint.finished else yolo.continue_from(opt, checkpoint.path,
                                                                                    checkpoint.epoch)
             record.set_tags({"resumed_at_epoch": str(start_epoch)})
-            start = InBackground("mlflow-start-record", [])
-        else:
-            start = _record_start(record, config, session)
+        start = _record_start(record, config, session, resumed=checkpoint is not None)
         record.set_tags(attempts.tags(before, checkpoint is not None, checkpoint.epoch if checkpoint else None,
                                       os.environ))
         done = checkpoint is not None and checkpoint.finished
@@ -130,18 +130,28 @@ def train_tracked(session: Session, interrupts: CheckpointSafeInterrupts) -> Dic
                     if uploader.enabled and not done:
                         print(uploader.summary())
         finally:
-            _finish_record(spool, record, session, config["mlflow"]["delivery_timeout_s"], outcome, uploader, start,
-                           plots)
+            try:
+                _finish_record(spool, record, session, config["mlflow"]["delivery_timeout_s"], outcome, uploader,
+                               start, plots)
+            except BaseException:
+                if final_model is not None:
+                    final_model.abandon()  # the run is not FINISHED: no model of it to register
+                raise
         session.last_metrics = hooks.last_metrics
         if final_model is not None:
             _register(session, final_model.uri())  # after _finish_record: the objective is on the server
     return session.last_metrics
 
 
-def _record_start(record: RunRecord, config: Mapping[str, Any], session: Session) -> InBackground:
+def _record_start(record: RunRecord, config: Mapping[str, Any], session: Session, resumed: bool) -> InBackground:
     """The resolved config first (it proves the artifact store takes writes), then, while YOLOv5 starts, params and
-    lineage (scanning the installed packages alone takes half a second)."""
-    check_artifacts_writable(record, config, config["mlflow"]["startup_timeout_s"])
+    lineage (scanning the installed packages alone takes half a second), then the tag saying they landed. A resumed
+    run records them only if its first attempt died before they did (the config is there: it resumed from it)."""
+    if resumed:
+        if record.client.get_run(session.run_id).data.tags.get(START_RECORDED) == "true":
+            return InBackground("mlflow-start-record", [])
+    else:
+        check_artifacts_writable(record, config, config["mlflow"]["startup_timeout_s"])
 
     def params() -> None:
         # `mlflow run` logs its -P parameters first, some under train_wrapper.py's flat names (epochs, imgsz, ...):
@@ -149,7 +159,8 @@ def _record_start(record: RunRecord, config: Mapping[str, Any], session: Session
         logged = record.client.get_run(session.run_id).data.params
         record.log_params({k: v for k, v in all_params(config).items() if k not in logged})
 
-    return InBackground("mlflow-start-record", [params, lambda: lineage.record(record, config, session.data_yaml)])
+    return InBackground("mlflow-start-record", [params, lambda: lineage.record(record, config, session.data_yaml),
+                                                lambda: record.set_tags({START_RECORDED: "true"})])
 
 
 def _finish_training(save_dir: Path, trained_epoch: int, epochs: int) -> None:
@@ -182,11 +193,13 @@ def _finish_record(spool: MetricSpool, record: RunRecord, session: Session, time
         uploader.cancel()  # it writes nothing after its current request
         print(f"The checkpoint upload in flight did not end within mlflow.delivery_timeout_s ({timeout_s:g} s): "
               f"abandoned ({uploader.last_error or 'still sending'})")
-    pending = PendingRecord(tracking_uri=without_credentials(session.tracking_uri), run_id=session.run_id,
-                            status=end_status(outcome), epochs=undelivered)
     not_started = start.wait(deadline - time.monotonic()) if start is not None else None
     if not_started:
         print(f"The run's params and lineage were not recorded: {not_started}")
+    # Without its params and lineage the record cannot reproduce the run, whatever `sync` delivers later.
+    failure = outcome if outcome is not None or not not_started else TrackingUnavailable(not_started)
+    pending = PendingRecord(tracking_uri=without_credentials(session.tracking_uri), run_id=session.run_id,
+                            status=end_status(failure), epochs=undelivered)
     if plots is not None and outcome is not None:
         plots.close(0, drop_waiting=True)  # interrupted or failed: the grace period is for the outputs
     if not undelivered:
@@ -221,6 +234,7 @@ class FinalModel:
         self._session, self._models, self._spool = session, models, spool
         self._uri: Optional[str] = None
         self._error: Optional[BaseException] = None
+        self._abandoned = threading.Event()
         self._thread = threading.Thread(target=self._log, name="mlflow-final-model", daemon=True)
         self._thread.start()
 
@@ -233,11 +247,18 @@ class FinalModel:
             step = yolo.best_epoch(session.save_dir / "results.csv")
             deadline = time.monotonic() + session.config["mlflow"]["delivery_timeout_s"]
             while not self._spool.delivered_through(step) and time.monotonic() < deadline:
-                time.sleep(0.05)
+                if self._abandoned.wait(0.05):
+                    return
             self._uri = self._models.log(CheckpointModel(FINAL, session.save_dir / "weights" / "best.pt", step,
-                                                         example_image(session.data_yaml)))
+                                                         example_image(session.data_yaml)), self._abandoned)
         except BaseException as error:  # noqa: BLE001 - raised again on the main thread, by uri()
             self._error = error
+
+    def abandon(self, timeout_s: float = 2) -> None:
+        """No further request for the model; the one in flight gets `timeout_s`, then the model is left FAILED (or,
+        where the process ends first, PENDING): never READY for a run that did not finish."""
+        self._abandoned.set()
+        self._thread.join(timeout_s)
 
     def uri(self) -> str:
         self._thread.join()
