@@ -35,7 +35,7 @@ test: $(VENV)/.dev system-deps
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-## bench: every CPU benchmark (about 19 minutes on 2 cores), written to bench/results/; `python -m bench.gpu` on a CUDA machine
+## bench: every CPU benchmark (about 50 minutes on 2 cores), written to bench/results/; `python -m bench.gpu` on a CUDA machine
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 

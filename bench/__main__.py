@@ -1,11 +1,12 @@
 """`python -m bench` (`make bench`): every CPU benchmark, written to bench/results/results.{json,md}.
 
-Settings are small (about 19 minutes on a 2-core machine, most of it the five pairs of 100-epoch runs that
-figures 1, 4 and 6 share and the 1 GB dataset that figure 9 fetches from S3 six times); every figure is a ratio
+Settings are small (about 50 minutes on a 2-core machine, most of it the five pairs of 100-epoch runs that
+figures 1, 4 and 6 share, figure 11's and 13's pairs, and the 1 GB dataset that figure 9 fetches from S3 six
+times); every figure is a ratio
 (or a latency) measured side by side, never a lone absolute time. The GPU benchmark is `python -m bench.gpu`
 (it skips without CUDA); figures 9 and 10 alone are `python -m bench.fetch`, figure 11 `python -m bench.checkpoints`,
 figure 12 (tracking's stages; before and after a change) `python -m bench.breakdown --before <git ref>`, and
-`python -m bench --tracking-only` figures 1, 3, 4 and 6.
+`python -m bench --tracking-only` figures 1, 3, 4, 6 and 13.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from bench.fetch import dataset_digest, dataset_fetch
 from bench.harness import client_env, datasets, servers
 from bench.report import markdown
 from bench.server import round_trip
-from bench.tracking import Settings, TrackedRuns, live_latency, scaling, tails, trainings
+from bench.tracking import Settings, TrackedRuns, default_config, live_latency, scaling, tails, trainings
 from bench.wrapper import wrapper_overhead
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WRAPPER_EPOCHS = 5
 BREAKDOWN_EPOCHS = 10  # figure 12: stages of a tracked run (bench/breakdown.py)
 CHECKPOINT_EPOCHS = 20  # figure 11: per-epoch cost, so the runs' start and end are left out of it
+DEFAULT_CONFIG_EPOCHS = 10  # figure 13: the recipe's defaults take about 3 s an epoch here
 DATASET_REPEATS = 3  # figures 9 and 10: a 1 GB fetch takes about a minute a side, so fewer than --pairs
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's "View run" lines, per run
 
@@ -71,6 +73,8 @@ def run_all(workdir: Path, pairs: int, epochs: int, tiers: tuple, settings: Sett
         results["end_of_run_tail"] = {"median_tail_s": round(tail, 3), "median_bytes": int(uploaded),
                                       "direct_boto3_MB_per_s": round(throughput, 1), "goal_s": round(budget, 3),
                                       "tails_s": [round(f["tail_s"], 3) for f in figures]}
+        runs.untracked(["train.epochs=1"], "warmup")  # the defaults' dataset, generated once, and its label cache
+        results["default_config"] = default_config(runs, DEFAULT_CONFIG_EPOCHS, pairs)
         if tracking_only:
             results["total_minutes"] = round((time.monotonic() - started) / 60, 1)
             return results
@@ -107,7 +111,7 @@ def main() -> None:
     parser.add_argument("--fetch-mb", type=int, default=1000, help="size of figure 9's dataset, MiB")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tracking-only", action="store_true",
-                        help="figures 1, 3, 4 and 6 (epochs) only, about 8 minutes; written to tracking.{json,md}")
+                        help="figures 1, 3, 4, 6 (epochs) and 13 only, about 17 minutes; written to tracking.{json,md}")
     args = parser.parse_args()
     if args.epochs > max(args.tiers):
         parser.error(f"--epochs {args.epochs} is more than the runs train (the largest of --tiers)")

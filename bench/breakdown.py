@@ -6,8 +6,8 @@ times the tracking stages as they happen, by wrapping the recipe's own functions
 stage's wall-clock seconds, and whether it ran on the training's path (the main thread) or beside it (a thread of
 its own). `--before <git ref>` runs the same child against an earlier commit of the recipe (a `git worktree`), so
 the page can show before and after side by side; stages an older commit lacks are simply absent. A stage named
-"… of which" is part of the stage above it (MLflow's map of installed packages is made by whichever comes first of
-the model's logging and its own check), not added to it.
+"… of which" is part of the stage above it, not added to it. A stage timed on more than one thread (MLflow's map
+of installed packages, made by whichever asks first) says so.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ STAGES = (
     ("end: wait for metrics, upload outputs", "train.tracking.session", "_finish_record"),
     ("end: log the model", "train.tracking.session", "_log_model"),  # before: after the uploads
     ("end: log the model", "train.tracking.session.FinalModel", "_log"),  # after: beside them
-    ("… of which MLflow's map of installed packages (its requirements check)", "mlflow.utils.requirements_utils",
-     "_init_modules_to_packages_map"),
+    ("MLflow's map of installed packages (for its requirements check of the model)",
+     "mlflow.utils.requirements_utils", "_init_modules_to_packages_map"),
     ("… of which the serving check (reload and predict)", "mlflow.models.utils", "_validate_serving_input"),
-    ("end: wait for the model (after the uploads)", "train.tracking.session.FinalModel", "uri"),
+    ("end: wait for the model (after the uploads)", "train.tracking.session.FinalModel", "ready"),
     ("end: close the run", "mlflow", "end_run"),
 )
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,7 +112,8 @@ def measure(repo: Path, overrides: List[str], runs: int, env: Dict[str, str], wo
         totals: Dict[str, float] = {}
         for item in json.loads(out.read_text()):
             totals[item["stage"]] = totals.get(item["stage"], 0.0) + item["s"]
-            where[item["stage"]] = item["thread"]
+            seen = where.get(item["stage"], item["thread"])
+            where[item["stage"]] = seen if seen == item["thread"] else "both"
         for stage, seconds in totals.items():
             per_stage.setdefault(stage, []).append(seconds)
     return {stage: {"median_s": round(median(values), 3), "thread": where[stage], "runs": len(values)}
@@ -165,6 +166,9 @@ def main() -> None:
     print(table(results))
 
 
+_WHERE = {"main": "on the path", "background": "beside training", "both": "on the path and beside training"}
+
+
 def table(results: Dict[str, Any]) -> str:
     sides = [k for k in results if k != "settings"]
     lines = ["| stage | " + " | ".join(sides) + " |", "|---|" + "---|" * len(sides)]
@@ -172,8 +176,7 @@ def table(results: Dict[str, Any]) -> str:
         cells = []
         for side in sides:
             found = results[side].get(stage)
-            cells.append(f"{found['median_s']:.3f} s ({'beside training' if found['thread'] == 'background' else 'on the path'})"
-                         if found else "-")
+            cells.append(f"{found['median_s']:.3f} s ({_WHERE[found['thread']]})" if found else "-")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -38,11 +38,6 @@ _SUMMARY = re.compile(r"Checkpoint uploads during training: (\d+) snapshots \(([
                       r"thread, ([\d.]+) MB, medians\), (\d+) uploaded")
 
 
-def _per_epoch_s(timed: Timed) -> float:
-    ends = timed.epoch_ends
-    return (ends[-1] - ends[0]) / (len(ends) - 1)
-
-
 def _summary(timed: Timed) -> Dict[str, float]:
     """What the run reported in its train.log: snapshots, their median copy time and size, uploads."""
     [log] = list(timed.folder.glob("**/train.log"))
@@ -90,7 +85,7 @@ def checkpoint_uploads(runs: TrackedRuns, settings: Settings, epochs: int, pairs
         return timed.seconds
 
     whole = interleaved(pairs, lambda: run(0, off), lambda: run(1, on))
-    per_epoch_a, per_epoch_b = [_per_epoch_s(t) for t in off], [_per_epoch_s(t) for t in on]
+    per_epoch_a, per_epoch_b = [t.per_epoch_s for t in off], [t.per_epoch_s for t in on]
     reported = [_summary(t) for t in on]
     end_a, end_b = median(t.end_s for t in off), median(t.end_s for t in on)
     return {

@@ -106,6 +106,11 @@ class Timed:
         """The last epoch's end to exit: final validation, and with tracking the uploads and the model."""
         return self.exited_at - self.epoch_ends[-1]
 
+    @property
+    def per_epoch_s(self) -> float:
+        """The first epoch's end to the last's, per epoch between: the run's start and end left out."""
+        return (self.epoch_ends[-1] - self.epoch_ends[0]) / (len(self.epoch_ends) - 1)
+
     def as_if(self, epochs: int) -> float:
         """Start to exit of the same run stopped after `epochs`: the start and epochs as measured, then its end."""
         return self.epoch_ends[epochs - 1] - self.started_at + self.end_s

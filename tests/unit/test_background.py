@@ -16,6 +16,15 @@ def quick_retries(monkeypatch):
     monkeypatch.setattr(background, "_RETRY_WAIT_S", (0.001, 0.002))
 
 
+def until_failed_once(job: InBackground) -> None:
+    """However busy the machine: a fixed sleep would race the step's first try."""
+    for _ in range(1000):
+        if job.last_error:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the step never failed")
+
+
 def test_steps_run_in_order_off_the_calling_thread_and_wait_says_done():
     ran = []
     caller = threading.current_thread()
@@ -44,7 +53,7 @@ def test_a_step_that_never_lands_is_given_up_at_the_wait_with_its_error_and_trie
         raise ConnectionError("Connection refused")
 
     job = InBackground("test", [down, lambda: calls.append("never")])
-    threading.Event().wait(0.05)
+    until_failed_once(job)
     assert job.wait(0.05) == "ConnectionError: Connection refused"
     tried = len(calls)
     threading.Event().wait(0.05)
@@ -66,12 +75,27 @@ def test_a_refused_request_is_not_asked_again_and_its_line_says_why():
     assert calls == [1]
 
 
+def test_a_proxys_4xx_while_the_server_restarts_is_retried():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ENDPOINT_NOT_FOUND
+
+    calls = []
+
+    def restarting():
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("404 Not Found (ingress)", error_code=ENDPOINT_NOT_FOUND)
+
+    assert InBackground("test", [restarting]).wait(5) is None
+    assert calls == [1, 1, 1]
+
+
 def test_the_error_kept_has_no_credentials():
     def down():
         raise ConnectionError("cannot reach http://alice:s3cr3t-canary@tracking:5000/api")
 
     job = InBackground("test", [down])
-    threading.Event().wait(0.05)
+    until_failed_once(job)
     line = job.wait(0)
     assert "s3cr3t-canary" not in line and "tracking:5000" in line
 

@@ -148,20 +148,83 @@ def a_checkpoint(tmp_path, name=BEST):
     return CheckpointModel(name, weights, 3)
 
 
-def test_log_returns_its_own_model_while_the_uploader_logs_others(tmp_path, store):
-    models = models_with(store, lambda: models.logged.append("m-logged-meanwhile-by-the-uploader"))
-    uri = models.log(a_checkpoint(tmp_path))
-    assert uri != "models:/m-logged-meanwhile-by-the-uploader" and uri == f"models:/{models.logged[-1]}"
-    assert store[1].get_logged_model(uri.split("/")[-1]).status == LoggedModelStatus.READY
+class _UploaderLogsMeanwhile(list):
+    """CheckpointModels.logged, where the uploader's thread sets a model READY right after each of ours."""
+
+    def append(self, model_id):
+        super().append(model_id)
+        super().append("m-logged-meanwhile-by-the-uploader")
+
+
+def test_a_pending_model_is_ready_only_when_told_and_is_its_own_while_the_uploader_logs_others(tmp_path, store):
+    client, experiment_id = store[1], store[2]
+    models = models_with(store, lambda: None)
+    models.logged = _UploaderLogsMeanwhile()
+    pending = models.log_pending(a_checkpoint(tmp_path))
+    [model] = client.search_logged_models([experiment_id])
+    assert model.status == LoggedModelStatus.PENDING  # files and links stored; the run's record not yet
+    assert pending.ready() == f"models:/{model.model_id}"
+    assert client.get_logged_model(model.model_id).status == LoggedModelStatus.READY
+    pending.abandon()  # the run failed afterwards (registering it, say): a complete model stays READY
+    assert client.get_logged_model(model.model_id).status == LoggedModelStatus.READY
+
+
+def test_a_pending_model_abandoned_is_failed(tmp_path, store):
+    models = models_with(store, lambda: None)
+    models.log_pending(a_checkpoint(tmp_path)).abandon()
+    assert [m.status for m in store[1].search_logged_models([store[2]])] == [LoggedModelStatus.FAILED]
+    assert not models.logged
 
 
 def test_a_model_cancelled_between_requests_is_failed_and_its_log_raises(tmp_path, store):
     cancelled = threading.Event()
     models = models_with(store, cancelled.set)  # the run ends while the files go up
     with pytest.raises(ModelAbandoned):
-        models.log(a_checkpoint(tmp_path), cancelled)
+        models.log_pending(a_checkpoint(tmp_path), cancelled)
     assert [m.status for m in store[1].search_logged_models([store[2]])] == [LoggedModelStatus.FAILED]
     assert not models.logged
+
+
+def test_a_listing_whose_answer_was_lost_is_not_sent_again(tmp_path, store):
+    """The server took the model's listing among the run's outputs but the answer never came: the retry finds it
+    listed (a second listing is refused) and goes on."""
+    _, client, experiment_id, run_id = store
+
+    class AnswerLost(RunRecord):
+        lost = True
+
+        def log_model_output(self, model_id, step):
+            super().log_model_output(model_id, step)
+            if self.lost:
+                self.lost = False
+                raise ConnectionError("Connection reset by peer")
+
+    models = CheckpointModels(AnswerLost(client, run_id), experiment_id, 64, lambda epoch: None)
+    abandoned = []
+    create, list_in_run, *rest = models.steps(a_checkpoint(tmp_path), abandoned)
+    create()
+    with pytest.raises(ConnectionError):
+        list_in_run()
+    list_in_run()  # the uploader's retry
+    for step in rest:
+        step()
+    assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [(models.logged[0], 3)]
+
+
+def test_on_a_file_store_a_model_is_ready_without_links_and_the_history_gains_no_point(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses a file store otherwise
+    uri = (tmp_path / "mlruns").as_uri()
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("file-store")
+    run_id = client.create_run(experiment_id).info.run_id
+    spool = MetricSpool(uri, run_id)
+    spool.put(3, {MAP: 0.5})
+    assert not spool.close(5)
+    models = CheckpointModels(RunRecord(client, run_id), experiment_id, 64, spool.points)
+    model_uri = models.log_pending(a_checkpoint(tmp_path)).ready()
+    model = client.get_logged_model(model_uri.split("/")[-1])
+    assert model.status == LoggedModelStatus.READY and not model.metrics
+    assert [m.step for m in client.get_metric_history(run_id, MAP)] == [3]
 
 
 def test_giving_up_leaves_the_processs_request_settings_alone_and_is_bounded(tmp_path, store, monkeypatch):
@@ -221,7 +284,7 @@ def test_the_final_model_of_a_run_that_did_not_finish_is_never_ready(tmp_path, s
     final.abandon(timeout_s=0.1)  # the create request is still in flight
     release.set()
     with pytest.raises(ModelAbandoned):
-        final.uri()
+        final.ready()
     assert [m.status for m in client.search_logged_models([experiment_id])] == [LoggedModelStatus.FAILED]
     assert not models.logged and not uploads
     spool.close(5)

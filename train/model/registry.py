@@ -131,13 +131,13 @@ def _serving_check_warnings() -> Iterator[List[str]]:
 
 def save_detector_model(weights: Path, imgsz: int, folder: Path, model, example: Optional[Path] = None,
                         checks: Optional[Path] = None) -> Path:
-    """`weights` saved under `folder` as the pyfunc model the LoggedModel `model` stands for, as log_detector logs
-    it (flavor, code, signature, requirements), so any of the run's models can be registered and served; the model
-    folder. Nothing here talks to the server.
+    """`weights` saved under `folder` as the pyfunc model the LoggedModel `model` stands for, with what log_detector
+    logs (flavor, code, signature, requirements), so any of the run's models can be registered and served; the
+    model folder. Nothing here talks to the server.
 
     example: an encoded image, the input example; the model is then loaded again and predicts on it through the
     serving path (MLflow's own check, which logs a warning when it fails), once per model code, serving packages
-    and image size as remembered in `checks` (as log_detector). Without it (a checkpoint) no example and no check:
+    and image size, as remembered in the folder `checks`. Without it (a checkpoint) no example and no check:
     a checkpoint differs from the final model only in its weights.
     """
     from train.tracking.mlflow_internals import check_serving

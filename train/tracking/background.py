@@ -1,8 +1,8 @@
 """Record writes that need not hold up training: steps run in turn on a thread of their own while it starts.
 
 Each step is retried through outages (it must be safe to repeat: params, tags and inputs are), so a server that
-blinks during the start costs nothing; a refusal (a 4xx other than a timeout or throttling) is not retried: it
-would be refused again. `wait` at the end of training says whether everything landed.
+blinks during the start costs nothing; a refusal of the request itself (a value MLflow does not take) is not
+retried: it would be refused again, and the steps after it are not taken. `wait` at the end of training says whether everything landed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 from train.tracking.run import one_line
 
 _RETRY_WAIT_S = (1, 2, 5, 10)  # then every 10 s, as the metric spool (train/tracking/spool.py)
+_REFUSALS = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS")
 
 
 class InBackground:
@@ -50,10 +51,8 @@ class InBackground:
 
 
 def _refused(error: Exception) -> bool:
-    """The server (or MLflow's client, checking first) said no to the request itself: asking again won't help."""
+    """MLflow (the server, or its client checking first) refused the request itself, as it would again: a value
+    it does not take, or one already there. Other 4xx answers may come from a proxy while the server restarts."""
     from mlflow.exceptions import MlflowException
 
-    if not isinstance(error, MlflowException):
-        return False
-    status = error.get_http_status_code()
-    return 400 <= status < 500 and status not in (408, 429)
+    return isinstance(error, MlflowException) and error.error_code in _REFUSALS

@@ -10,9 +10,10 @@ took 1 s at the end of a 100-epoch run), which grows with epochs and classes.
 
 Checkpoints are logged on the uploader's thread (train/tracking/checkpoints.py), the final model on a thread of
 its own beside the end-of-run uploads (train/tracking/session.py); never on the training's. A model is created
-PENDING and set READY only once its files and metric links are stored; one abandoned half way (the run ended, an
-outage outlasted by a newer snapshot) is set FAILED where the server still answers, and otherwise stays PENDING:
-neither claims to be complete.
+PENDING and set READY only once its files and metric links are stored (the final model: once its run's record is
+too); one abandoned half way (the run ended, an outage outlasted by a newer snapshot) is set FAILED where the
+server still answers, and otherwise stays PENDING: neither claims to be complete. On a file store the metrics are
+not linked (`stores_identical_points_once`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,13 @@ class CheckpointModels:
                 abandoned.append(state["model"].model_id)
 
         def list_in_run() -> None:  # a step of its own: a retry must not create the model again
-            self.record.log_model_output(state["model"].model_id, model.epoch)
+            model_id = state["model"].model_id
+            # The server refuses a second listing of the same model: a retry (the answer lost) checks first.
+            if state.get("listing_sent") and any(output.model_id == model_id for output in
+                                                 self.record.client.get_run(self.record.run_id).outputs.model_outputs):
+                return
+            state["listing_sent"] = True
+            self.record.log_model_output(model_id, model.epoch)
 
         def upload() -> None:
             from train.model.registry import save_detector_model
@@ -87,7 +94,7 @@ class CheckpointModels:
             self.record.log_model_files(state["model"].model_id, state["files"])
 
         def link_metrics() -> None:
-            if not _stores_identical_points_once(self.record.client.tracking_uri):
+            if not stores_identical_points_once(self.record.client.tracking_uri):
                 return
             points = self._points(model.epoch)
             metrics = points.as_metrics() if points is not None else self._from_server(model.epoch)
@@ -106,23 +113,26 @@ class CheckpointModels:
 
         return [create, list_in_run, upload, link_metrics, finish]
 
-    def log(self, model: CheckpointModel, cancelled: Optional[threading.Event] = None) -> str:
-        """`model` logged now, each request tried once (the final model: the run waits for it), unless `cancelled`
-        is set before a request; its model URI."""
-        pending: List[str] = []
-        mine: List[str] = []
+    def log_pending(self, model: CheckpointModel, cancelled: Optional[threading.Event] = None) -> "PendingModel":
+        """`model` logged now but left PENDING, each request tried once (the final model: the run waits for it);
+        what sets it READY or FAILED. ModelAbandoned, with the model FAILED, when `cancelled` is set before one of
+        its requests."""
+        abandoned: List[str] = []
+        logged: List[str] = []
+        *requests, finish = self.steps(model, abandoned, logged)
         try:
-            for step in self.steps(model, pending, mine):
+            for step in requests:
                 if cancelled is not None and cancelled.is_set():
                     raise ModelAbandoned(f"{model.name} abandoned: the run ended first")
                 step()
-        finally:
-            if pending:
-                self.give_up(pending)
-        return f"models:/{mine[0]}"
+        except BaseException:
+            self.give_up(abandoned)
+            raise
+        return PendingModel(self, abandoned, finish, logged)
 
     def give_up(self, abandoned: List[str], timeout_s: float = 5) -> None:
-        """The models left PENDING by steps not all taken: FAILED, where the server takes it within `timeout_s`.
+        """The models left PENDING by steps not all taken: FAILED, where the server takes it within `timeout_s`
+        (and PENDING where it does not: neither claims to be complete).
 
         On a thread of its own, so the wait is bounded without changing MLflow's retries (read from the process's
         environment, which other threads' requests share); one that outlives the wait dies with the process."""
@@ -154,10 +164,34 @@ class CheckpointModels:
         return self._dataset or (None, None)
 
 
-def _stores_identical_points_once(tracking_uri: str) -> bool:
+def stores_identical_points_once(tracking_uri: str) -> bool:
     """Whether sending a point the run already has adds nothing to its history: so for a SQL store, directly or
     behind a server. A file store (a local folder, or `file:`) appends every point sent: its models go unlinked
     rather than double each linked epoch. A server in front of a file store cannot be told apart (docs/tracking.md)."""
-    from urllib.parse import urlparse
+    from mlflow.utils.uri import is_file_uri, is_local_uri
 
-    return urlparse(str(tracking_uri)).scheme not in ("", "file")
+    uri = str(tracking_uri)
+    return not (is_file_uri(uri) or is_local_uri(uri, is_tracking_or_registry_uri=True))
+
+
+class PendingModel:
+    """A model whose files and metric links are stored, PENDING until its run's record is: then `ready`; or, when
+    the run does not finish, `abandon` (FAILED). Either once, from any thread."""
+
+    def __init__(self, models: CheckpointModels, abandoned: List[str], finish: Callable[[], None],
+                 logged: List[str]) -> None:
+        self._models, self._abandoned, self._finish, self._logged = models, abandoned, finish, logged
+        self._lock = threading.Lock()
+
+    def ready(self) -> str:
+        """READY; its model URI."""
+        with self._lock:
+            if not self._logged:
+                self._finish()
+            return f"models:/{self._logged[0]}"
+
+    def abandon(self) -> None:
+        """FAILED, unless already READY (its files are complete: it stays so)."""
+        with self._lock:
+            if not self._logged:
+                self._models.give_up(self._abandoned)

@@ -149,10 +149,11 @@ def packages_state() -> str:
 
 
 def kept_per_environment(cache_dir: Path, suffix: str, make: Callable[[], str],
-                         usable: Callable[[str], bool] = lambda text: True) -> str:
+                         usable: Callable[[str], bool] = bool) -> str:
     """`make()`, kept under `cache_dir` for the installed packages as they are (`packages_state`) and read from
     there while they stay so. Written whole or not at all (a sweep's trials, and a run's own threads, start at
-    once); a kept text that is unreadable or not `usable` is made again."""
+    once), readable by whoever shares the cache; a kept text that is unreadable or not `usable` (by default: empty)
+    is made again. A cache that cannot be written only costs the time to make it."""
     kept = cache_dir / "environments" / f"{packages_state()}{suffix}"
     try:
         text = kept.read_text()
@@ -161,11 +162,21 @@ def kept_per_environment(cache_dir: Path, suffix: str, make: Callable[[], str],
     except (OSError, UnicodeDecodeError):
         pass
     text = make()
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=kept.parent, prefix=f"{kept.name}.", suffix=".partial")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(partial, kept)
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=kept.parent, prefix=f"{kept.name}.", suffix=".partial")
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(partial, 0o644)  # mkstemp's 0600 would hide it from the cache's other users
+            os.replace(partial, kept)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    except OSError:
+        pass
     return text
 
 

@@ -25,7 +25,7 @@ from train.model.weights import StartingWeights
 from train.redact import redact, without_credentials
 from train.tracking import attempts, lineage, resume
 from train.tracking.background import InBackground
-from train.tracking.checkpoint_models import CheckpointModels
+from train.tracking.checkpoint_models import CheckpointModels, PendingModel
 from train.tracking.checkpoints import STAGING, CheckpointUploader, Transport
 from train.tracking.hooks import MlflowHooks, last_row_metrics
 from train.tracking.plots import PlotHooks
@@ -133,13 +133,14 @@ def train_tracked(session: Session, interrupts: CheckpointSafeInterrupts) -> Dic
             try:
                 _finish_record(spool, record, session, config["mlflow"]["delivery_timeout_s"], outcome, uploader,
                                start, plots)
+                if final_model is not None:
+                    # READY only now, the run's record complete; registered after it: the objective is there.
+                    _register(session, final_model.ready())
             except BaseException:
                 if final_model is not None:
-                    final_model.abandon()  # the run is not FINISHED: no model of it to register
+                    final_model.abandon()  # the run is not FINISHED: its model is not READY
                 raise
         session.last_metrics = hooks.last_metrics
-        if final_model is not None:
-            _register(session, final_model.uri())  # after _finish_record: the objective is on the server
     return session.last_metrics
 
 
@@ -228,11 +229,13 @@ def _finish_record(spool: MetricSpool, record: RunRecord, session: Session, time
 class FinalModel:
     """best.pt logged as the run's model `model` on a thread of its own, while the end of the record (metrics,
     outputs, images) is sent: the two are each a few tenths of a second of requests, and neither needs the other.
-    It waits for the metrics of best.pt's epoch to be on the server first: they are linked to the model."""
+    It waits for the metrics of best.pt's epoch to be on the server first: they are linked to the model. The model
+    stays PENDING until `ready` (the run's record is complete), or is `abandon`ed (FAILED): READY never stands for a
+    run that did not finish."""
 
     def __init__(self, session: Session, models: CheckpointModels, spool: MetricSpool) -> None:
         self._session, self._models, self._spool = session, models, spool
-        self._uri: Optional[str] = None
+        self._pending: Optional[PendingModel] = None
         self._error: Optional[BaseException] = None
         self._abandoned = threading.Event()
         self._thread = threading.Thread(target=self._log, name="mlflow-final-model", daemon=True)
@@ -249,22 +252,28 @@ class FinalModel:
             while not self._spool.delivered_through(step) and time.monotonic() < deadline:
                 if self._abandoned.wait(0.05):
                     return
-            self._uri = self._models.log(CheckpointModel(FINAL, session.save_dir / "weights" / "best.pt", step,
-                                                         example_image(session.data_yaml)), self._abandoned)
-        except BaseException as error:  # noqa: BLE001 - raised again on the main thread, by uri()
+            self._pending = self._models.log_pending(
+                CheckpointModel(FINAL, session.save_dir / "weights" / "best.pt", step, example_image(session.data_yaml)),
+                self._abandoned)
+            if self._abandoned.is_set():  # while its last request was in flight
+                self._pending.abandon()
+        except BaseException as error:  # noqa: BLE001 - raised again on the main thread, by ready()
             self._error = error
 
-    def abandon(self, timeout_s: float = 2) -> None:
-        """No further request for the model; the one in flight gets `timeout_s`, then the model is left FAILED (or,
-        where the process ends first, PENDING): never READY for a run that did not finish."""
-        self._abandoned.set()
-        self._thread.join(timeout_s)
-
-    def uri(self) -> str:
+    def ready(self) -> str:
+        """The model READY, once its logging is done; its URI. What failed in its logging is raised here."""
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._uri or ""
+        return self._pending.ready() if self._pending is not None else ""
+
+    def abandon(self, timeout_s: float = 2) -> None:
+        """No further request for the model: the one in flight gets `timeout_s`, then the model is set FAILED (or,
+        where the server does not answer, or the process ends first, left PENDING); one READY already stays so."""
+        self._abandoned.set()
+        self._thread.join(timeout_s)
+        if self._pending is not None:
+            self._pending.abandon()
 
 
 def _register(session: Session, model_uri: str) -> None:
