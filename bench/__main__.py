@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--fetch-mb", type=int, default=1000, help="size of figure 9's dataset, MiB")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tracking-only", action="store_true",
-                        help="figures 1, 3, 4, 6 (epochs) and 13 only, about 17 minutes; written to tracking.{json,md}")
+                        help="figures 1, 3, 4, 6 (epochs) and 13 only, about 28 minutes; written to tracking.{json,md}")
     args = parser.parse_args()
     if args.epochs > max(args.tiers):
         parser.error(f"--epochs {args.epochs} is more than the runs train (the largest of --tiers)")
