@@ -14,7 +14,7 @@ import re
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import mlflow
 from mlflow import MlflowClient
@@ -59,12 +59,9 @@ def one_line(error: BaseException) -> str:
 
 
 @contextmanager
-def fail_fast_requests(timeout_s: float) -> Iterator[None]:
-    """MLflow's REST calls without retries and with a short timeout (MLflow reads both per request)."""
-    saved = {var.name: os.environ.get(var.name) for var in (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-                                                            MLFLOW_HTTP_REQUEST_TIMEOUT)}
-    os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
-    os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(max(1, math.ceil(timeout_s)))
+def _environment_restored(variables: Sequence[Any]) -> Iterator[None]:
+    """MLflow's environment `variables` (MLflow reads its settings from them) as they were before the block."""
+    saved = {var.name: os.environ.get(var.name) for var in variables}
     try:
         yield
     finally:
@@ -73,6 +70,15 @@ def fail_fast_requests(timeout_s: float) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def fail_fast_requests(timeout_s: float) -> Iterator[None]:
+    """MLflow's REST calls without retries and with a short timeout (MLflow reads both per request)."""
+    with _environment_restored((MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT)):
+        os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
+        os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(max(1, math.ceil(timeout_s)))
+        yield
 
 
 def _refused_credentials(error: Exception) -> bool:
@@ -166,20 +172,12 @@ def system_metrics_settings(settings: Mapping[str, Any]) -> Iterator[None]:
     """mlflow.system_metrics' settings (interval, samples per point, node id) for the monitor the block's
     start_run builds, then back as they were. MLflow keeps them in environment variables, read when the monitor is
     built, so a sweep's next trial and the processes started later do not inherit this run's."""
-    variables = (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING,
-                 MLFLOW_SYSTEM_METRICS_NODE_ID)
-    saved = {var.name: os.environ.get(var.name) for var in variables}
-    try:
+    with _environment_restored((MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING,
+                                MLFLOW_SYSTEM_METRICS_NODE_ID)):
         mlflow.set_system_metrics_sampling_interval(settings["sampling_interval_s"])
         mlflow.set_system_metrics_samples_before_logging(settings["samples_before_logging"])
         mlflow.set_system_metrics_node_id(system_metrics_node_id())
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextmanager
