@@ -27,6 +27,7 @@ from typing import Callable, List, Optional, Tuple
 from mlflow.entities import Metric
 
 from train.errors import ModelAbandoned
+from train.tracking.names import is_training_metric
 from train.tracking.record import RunRecord
 from train.tracking.spool import EpochPoints
 
@@ -152,7 +153,7 @@ class CheckpointModels:
         """`epoch`'s training metrics as the server holds them: for an epoch this process did not train (a resumed
         run's best.pt from an earlier attempt). One history per metric, as MLflow's Model.log reads them."""
         client, run_id = self.record.client, self.record.run_id
-        keys = [key for key in client.get_run(run_id).data.metrics if not key.startswith("system/")]
+        keys = [key for key in client.get_run(run_id).data.metrics if is_training_metric(key)]
         return [m for key in keys for m in client.get_metric_history(run_id, key) if m.step == epoch]
 
     def _validation_dataset(self) -> Tuple[Optional[str], Optional[str]]:

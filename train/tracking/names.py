@@ -32,3 +32,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
         else:
             flat[sanitize_key(dotted)] = str(value)[:MAX_PARAM_VALUE_LENGTH]
     return flat
+
+
+SYSTEM_METRICS_PREFIX = "system/"  # MLflow's system metrics: the machine's readings, not the training's results
+
+
+def is_training_metric(key: str) -> bool:
+    return not key.startswith(SYSTEM_METRICS_PREFIX)

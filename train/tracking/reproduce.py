@@ -105,9 +105,12 @@ def check_weights(reproduction: Reproduction, weights: Optional["StartingWeights
 
 
 def metric_differences(client: MlflowClient, original: str, reproduction: str) -> List[Tuple[str, float, float, float]]:
-    """(metric, original's last value, reproduction's last value, largest |difference| at any epoch)."""
+    """(metric, original's last value, reproduction's last value, largest |difference| at any epoch), for the
+    training's metrics: the system metrics measure the machine, which no reproduction repeats."""
+    from train.tracking.names import is_training_metric
+
     rows = []
-    for key in sorted(client.get_run(original).data.metrics):
+    for key in sorted(filter(is_training_metric, client.get_run(original).data.metrics)):
         a = {m.step: m.value for m in client.get_metric_history(original, key)}
         b = {m.step: m.value for m in client.get_metric_history(reproduction, key)}
         worst = max((abs(a[s] - b[s]) if s in b else float("inf") for s in a), default=0.0)
