@@ -125,8 +125,12 @@ def test_checkpoints_are_logged_models_ranked_by_their_linked_metrics(finished, 
                                                                                "ascending": False}])
     assert {m.status for m in models} == {LoggedModelStatus.READY}
     names = [m.name for m in models]
-    assert names.count("last-checkpoint") == EPOCHS and names.count("model") == 1 and "best-checkpoint" in names
     steps = {o.model_id: o.step for o in client.get_run(run.info.run_id).outputs.model_outputs}
+    # A snapshot waiting while another uploads is replaced by the next (newest only): on a busy machine not every
+    # epoch gets one; each one uploaded is one last-checkpoint at its own epoch.
+    last_steps = [steps[m.model_id] for m in models if m.name == "last-checkpoint"]
+    assert last_steps and len(set(last_steps)) == len(last_steps) and set(last_steps) <= set(range(EPOCHS))
+    assert names.count("model") == 1 and "best-checkpoint" in names
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, MAP)}
     [validation] = [i.dataset for i in client.get_run(run.info.run_id).inputs.dataset_inputs
                     if i.tags[0].value == "validation"]
@@ -138,7 +142,7 @@ def test_checkpoints_are_logged_models_ranked_by_their_linked_metrics(finished, 
     assert models[0].metrics and max(history.values()) == [m.value for m in models[0].metrics if m.key == MAP][0]
     # The history holds each epoch once: linking re-sent the same points.
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, MAP)) == list(range(EPOCHS))
-    [checkpoint] = [m for m in models if m.name == "last-checkpoint" and steps[m.model_id] == EPOCHS - 1]
+    [checkpoint] = [m for m in models if m.name == "last-checkpoint" and steps[m.model_id] == max(last_steps)]
     [final] = [m for m in models if m.name == "model"]
     assert final.params["train.epochs"] == str(EPOCHS)  # the run's params, as MLflow's Model.log copies them
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
