@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from train.errors import DatasetError
+from train.fetch.cache import write_whole
 
 # What YOLOv5 reads as images (its IMG_FORMATS), without importing it.
 IMAGE_SUFFIXES = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm")
@@ -145,10 +146,7 @@ def scan_split(root: Path, split: str, spec: object, nc: int, cache_dir: Path, w
         return json.loads(record.read_text())["digest"]
     check_labels((path for path, _ in labels), nc, root, where)
     digest = content_digest([path for path, _ in files], root)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    partial = record.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps({"digest": digest, "files": len(files)}))
-    os.replace(partial, record)  # whole or absent, also with parallel trials writing the same record
+    write_whole(record, json.dumps({"digest": digest, "files": len(files)}))
     return digest
 
 

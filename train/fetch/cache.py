@@ -24,6 +24,24 @@ from train.errors import SourceError
 STALE_STAGING_S = 24 * 3600
 
 
+def write_whole(path: Path, text: str) -> None:
+    """`text` at `path`, whole or not at all, also with the parallel trials of a sweep (or a run's own threads)
+    writing the same file: a private temporary file beside it, renamed into place; readable by whoever shares the
+    cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide it from the cache's other users
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
 def key(identity: str) -> str:
     """A folder name for an identity (which holds no credential: see train.fetch)."""
     return hashlib.sha256(identity.encode()).hexdigest()[:32]

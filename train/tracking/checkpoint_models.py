@@ -57,11 +57,9 @@ class CheckpointModels:
         self._dataset: Optional[Tuple[str, str]] = None
         self.logged: List[str] = []  # model ids set READY, in order
 
-    def steps(self, model: CheckpointModel, abandoned: List[str],
-              logged: Optional[List[str]] = None) -> List[Callable[[], None]]:
-        """The requests that log `model`, in order, each safe to retry; the model's id goes into `abandoned` while
-        it is PENDING, so whoever gives up on the steps can mark it FAILED (`give_up`), and into `logged` once
-        READY."""
+    def steps(self, model: CheckpointModel, abandoned: List[str]) -> List[Callable[[], None]]:
+        """The requests that log `model`, in order, each safe to retry; the model's id is in `abandoned` while it
+        is PENDING, so whoever gives up on the steps can mark it FAILED (`give_up`)."""
         state: dict = {}
         folder = tempfile.TemporaryDirectory(prefix="checkpoint-model-")
 
@@ -108,8 +106,6 @@ class CheckpointModels:
             self.record.finish_logged_model(state["model"].model_id, complete=True)
             abandoned.remove(state["model"].model_id)
             self.logged.append(state["model"].model_id)
-            if logged is not None:
-                logged.append(state["model"].model_id)
             folder.cleanup()
 
         return [create, list_in_run, upload, link_metrics, finish]
@@ -119,8 +115,7 @@ class CheckpointModels:
         what sets it READY or FAILED. ModelAbandoned, with the model FAILED, when `cancelled` is set before one of
         its requests."""
         abandoned: List[str] = []
-        logged: List[str] = []
-        *requests, finish = self.steps(model, abandoned, logged)
+        *requests, finish = self.steps(model, abandoned)
         try:
             for step in requests:
                 if cancelled is not None and cancelled.is_set():
@@ -129,7 +124,7 @@ class CheckpointModels:
         except BaseException:
             self.give_up(abandoned)
             raise
-        return PendingModel(self, abandoned, finish, logged)
+        return PendingModel(self, abandoned, finish)
 
     def give_up(self, abandoned: List[str], timeout_s: float = 5) -> None:
         """The models left PENDING by steps not all taken: FAILED, where the server takes it within `timeout_s`
@@ -177,22 +172,23 @@ def stores_identical_points_once(tracking_uri: str) -> bool:
 
 class PendingModel:
     """A model whose files and metric links are stored, PENDING until its run's record is: then `ready`; or, when
-    the run does not finish, `abandon` (FAILED). Either once, from any thread."""
+    the run does not finish, `abandon` (FAILED). Either once, from any thread; PENDING while its id is in
+    `abandoned` (the steps' own bookkeeping)."""
 
-    def __init__(self, models: CheckpointModels, abandoned: List[str], finish: Callable[[], None],
-                 logged: List[str]) -> None:
-        self._models, self._abandoned, self._finish, self._logged = models, abandoned, finish, logged
+    def __init__(self, models: CheckpointModels, abandoned: List[str], finish: Callable[[], None]) -> None:
+        self._models, self._abandoned, self._finish = models, abandoned, finish
+        [self.model_id] = abandoned
         self._lock = threading.Lock()
 
     def ready(self) -> str:
         """READY; its model URI."""
         with self._lock:
-            if not self._logged:
+            if self.model_id in self._abandoned:
                 self._finish()
-            return f"models:/{self._logged[0]}"
+            return f"models:/{self.model_id}"
 
     def abandon(self) -> None:
         """FAILED, unless already READY (its files are complete: it stays so)."""
         with self._lock:
-            if not self._logged:
+            if self.model_id in self._abandoned:
                 self._models.give_up(self._abandoned)

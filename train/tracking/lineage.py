@@ -15,12 +15,13 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 import yaml
+
+from train.fetch.cache import write_whole
 
 if TYPE_CHECKING:
     from train.tracking.record import RunRecord
@@ -151,8 +152,7 @@ def packages_state() -> str:
 def kept_per_environment(cache_dir: Path, suffix: str, make: Callable[[], str],
                          usable: Callable[[str], bool] = bool) -> str:
     """`make()`, kept under `cache_dir` for the installed packages as they are (`packages_state`) and read from
-    there while they stay so. Written whole or not at all (a sweep's trials, and a run's own threads, start at
-    once), readable by whoever shares the cache; a kept text that is unreadable or not `usable` (by default: empty)
+    there while they stay so (written by train.fetch.cache.write_whole); a kept text that is unreadable or not `usable` (by default: empty)
     is made again. A cache that cannot be written only costs the time to make it."""
     kept = cache_dir / "environments" / f"{packages_state()}{suffix}"
     try:
@@ -163,18 +163,7 @@ def kept_per_environment(cache_dir: Path, suffix: str, make: Callable[[], str],
         pass
     text = make()
     try:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=kept.parent, prefix=f"{kept.name}.", suffix=".partial")
-        try:
-            with os.fdopen(handle, "w") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(partial, 0o644)  # mkstemp's 0600 would hide it from the cache's other users
-            os.replace(partial, kept)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        write_whole(kept, text)
     except OSError:
         pass
     return text
