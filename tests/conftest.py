@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,32 @@ def no_network(_netguard_session: _NetguardLog) -> Iterator[None]:
     refused = _netguard_session.new_lines()
     if refused:
         pytest.fail(_refused(refused), pytrace=False)
+
+
+# MLflow's process-wide choices: mlflow.set_tracking_uri (the recipe's open_run calls it, so do tests) sets a module
+# global and MLFLOW_TRACKING_URI, which every later MlflowClient() and register_model in this process reads first.
+_MLFLOW_GLOBALS = {"mlflow.tracking._tracking_service.utils": "_tracking_uri",
+                   "mlflow.tracking._model_registry.utils": "_registry_uri",
+                   "mlflow.tracking.fluent": "_active_experiment_id"}
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def mlflow_process_state() -> Iterator[None]:
+    """Each test leaves MLflow's tracking and registry URIs and active experiment as it found them: one test's
+    SQLite store never becomes the store a later test's client talks to."""
+    found = {module: getattr(sys.modules[module], name) if module in sys.modules else None
+             for module, name in _MLFLOW_GLOBALS.items()}
+    env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    yield
+    for module, name in _MLFLOW_GLOBALS.items():
+        if module in sys.modules:
+            setattr(sys.modules[module], name, found[module])
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # The Docker warm-up of the session (testbed/docker.py), when any collected test needs Docker.
