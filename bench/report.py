@@ -78,8 +78,9 @@ def default_config_rows(results: Dict[str, Any]) -> List[str]:
         return []
     goal = GOALS["per_epoch_share_percent"]
     return [f"| 13. per-epoch cost, the recipe's defaults, {d['epochs']} epochs | tracking off {d['per_epoch_ms_a']} "
-            f"ms per epoch | tracked as configured (system metrics, images; no checkpoint within 5 minutes) {d['per_epoch_ms_b']} ms "
-            f"per epoch | {d['per_epoch_cost_ms']:+} ms per epoch, {d['share_of_epoch_percent']:+}% of an epoch | "
+            f"ms per epoch | tracked as configured (system metrics, images; no checkpoint within 5 minutes) "
+            f"{d['per_epoch_ms_b']} ms per epoch | {d['per_epoch_cost_ms']:+} ms per epoch, "
+            f"{d['share_of_epoch_percent']:+}% of an epoch | "
             f"< {goal:g}% | {_verdict(d['share_of_epoch_percent'] < goal)} |"]
 
 

@@ -163,9 +163,10 @@ def live_latency(runs: TrackedRuns, settings: Settings, epochs: int) -> Dict[str
 def default_config(runs: TrackedRuns, epochs: int, pairs: int) -> Dict[str, object]:
     """13: the recipe's own defaults (conf/: yolov5n on the synthetic shapes at 128 px, 256 + 64 images, batch 16,
     YOLOv5's plots, and every tracking feature as configured: system metrics, images, checkpoints every 5 minutes,
-    which these runs of half a minute never reach: figure 11 is what a snapshot costs), only the epochs cut; tracked against `mlflow.enabled=false`, interleaved. The time per epoch is the first
-    epoch's end to the last's (the run's start and end left out); the cost is the difference of the sides' medians,
-    also as a share of the untracked epoch."""
+    which these runs of half a minute never reach: figure 11 is what a snapshot costs), only the epochs cut;
+    tracked against `mlflow.enabled=false`, interleaved. The time per epoch is the first epoch's end to the last's
+    (the run's start and end left out); the cost is the difference of the sides' medians, also as a share of the
+    untracked epoch."""
     overrides = [f"train.epochs={epochs}"]
     off: List[Timed] = []
     on: List[Timed] = []

@@ -197,7 +197,9 @@ def train_cli(cwd: Path, cache_dir: Path, overrides: List[str], env: Dict[str, s
 
 def training_metrics(run) -> list:
     """The run's metric keys but MLflow's system metrics (system/...), which are sampled by time, not per epoch."""
-    return sorted(key for key in run.data.metrics if not key.startswith("system/"))
+    from train.tracking.names import is_training_metric
+
+    return sorted(filter(is_training_metric, run.data.metrics))
 
 
 def why(proc: subprocess.CompletedProcess, tail: int = 3000) -> str:

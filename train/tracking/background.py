@@ -2,7 +2,8 @@
 
 Each step is retried through outages (it must be safe to repeat: params, tags and inputs are), so a server that
 blinks during the start costs nothing; a refusal of the request itself (a value MLflow does not take) is not
-retried: it would be refused again, and the steps after it are not taken. `wait` at the end of training says whether everything landed.
+retried: it would be refused again, and the steps after it are not taken. `wait` at the end of training says
+whether everything landed.
 """
 
 from __future__ import annotations

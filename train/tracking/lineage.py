@@ -152,8 +152,8 @@ def packages_state() -> str:
 def kept_per_environment(cache_dir: Path, suffix: str, make: Callable[[], str],
                          usable: Callable[[str], bool] = bool) -> str:
     """`make()`, kept under `cache_dir` for the installed packages as they are (`packages_state`) and read from
-    there while they stay so (written by train.fetch.cache.write_whole); a kept text that is unreadable or not `usable` (by default: empty)
-    is made again. A cache that cannot be written only costs the time to make it."""
+    there while they stay so (written by train.fetch.cache.write_whole); a kept text that is unreadable or not
+    `usable` (by default: empty) is made again. A cache that cannot be written only costs the time to make it."""
     kept = cache_dir / "environments" / f"{packages_state()}{suffix}"
     try:
         text = kept.read_text()

@@ -252,9 +252,9 @@ class FinalModel:
             while not self._spool.delivered_through(step) and time.monotonic() < deadline:
                 if self._abandoned.wait(0.05):
                     return
-            self._pending = self._models.log_pending(
-                CheckpointModel(FINAL, session.save_dir / "weights" / "best.pt", step, example_image(session.data_yaml)),
-                self._abandoned)
+            best = CheckpointModel(FINAL, session.save_dir / "weights" / "best.pt", step,
+                                   example_image(session.data_yaml))
+            self._pending = self._models.log_pending(best, self._abandoned)
             if self._abandoned.is_set():  # while its last request was in flight
                 self._pending.abandon()
         except BaseException as error:  # noqa: BLE001 - raised again on the main thread, by ready()
