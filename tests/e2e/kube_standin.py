@@ -521,13 +521,21 @@ class KubeStandIn:
         pod.lost = True
         _docker("kill", "--signal=KILL", pod.docker_name)
 
-    def run_out_of_memory(self, pod: Pod) -> None:
+    def run_out_of_memory(self, pod: Pod, timeout_s: float = 300) -> None:
         """The training outgrows its memory limit: a process in the container's cgroup allocates until the kernel's
         OOM killer acts, and PID 1 (the training, made its first choice) is what it kills: exit 137, OOMKilled.
-        (Lowering the limit under the usage, as a kubelet cannot either, is refused by cgroup v1.)"""
+        (Lowering the limit under the usage, as a kubelet cannot either, is refused by cgroup v1.)
+        PID 1 is stopped meanwhile: filling gigabytes of a fresh VM's memory can take longer than the rest of a
+        short training, which would then end Completed, never having outgrown anything."""
         _docker("exec", "--user=0", pod.docker_name, "sh", "-c", "echo 1000 > /proc/1/oom_score_adj")
+        _docker("kill", "--signal=STOP", pod.docker_name)
         _docker("exec", "--detach", pod.docker_name, "python3", "-c",
                 "chunks = []\nwhile True: chunks.append(bytearray(16 << 20))")
+        try:
+            _wait(lambda: pod.ended > 0, timeout_s, f"pod {pod.name} OOM-killed")
+        except RuntimeError:
+            _docker("kill", "--signal=CONT", pod.docker_name, check=False)
+            raise
 
     def wait_for_pod(self, job_name: str, attempt: int = 1, phase: str = "Running", timeout_s: float = 600) -> Pod:
         """The Job's `attempt`-th pod, once it is in `phase`."""

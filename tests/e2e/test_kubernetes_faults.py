@@ -98,12 +98,12 @@ def finish(proc: subprocess.Popen, timeout_s: float = 900) -> subprocess.Complet
 
 
 def fault_mid_training(project, tmp_path, kube, experiment: str, epochs: int, checkpoint: int, fault,
-                       meanwhile=lambda run_id, struck: None):
+                       meanwhile=lambda run_id, struck: None, template: Path = None):
     """`mlflow run` until `epochs` epochs are recorded and a checkpoint of epoch >= `checkpoint` uploaded, then
     `fault(pod)`, `meanwhile(run_id, when)` and the wait for `mlflow run` to end (which must succeed):
     (run id, the Job, what `meanwhile` said, seconds from the fault to the end)."""
     cluster = kube[0]
-    proc = submit(project, tmp_path, kube, experiment, *PARAMS)
+    proc = submit(project, tmp_path, kube, experiment, *PARAMS, template=template)
     run_id = the_run(cluster, experiment, proc)
     training(cluster, run_id, epochs, checkpoint, proc)
     job = cluster.standin.only_job()
@@ -162,8 +162,11 @@ def test_node_loss_mid_training_resumes_from_the_checkpoint_uploaded_during_trai
 def test_out_of_memory_mid_training_is_retried_and_the_run_continues(base_image, project_copy, registry, kube,
                                                                     tmp_path):
     cluster = kube[0]
+    # Room for the training (its peak RSS is about 1.7 GB) and less for the stand-in's allocator to fill.
+    template = yaml_edit(cpu_job_template(tmp_path), lambda job: job["spec"]["template"]["spec"]["containers"][0]
+                         ["resources"]["limits"].update(memory="4Gi"))
     run_id, job, _, finished = fault_mid_training(project_copy, tmp_path, kube, "k8s-oom", 2, 1,
-                                                  cluster.standin.run_out_of_memory)
+                                                  cluster.standin.run_out_of_memory, template=template)
     report("OOM", finished=finished)
 
     first = job.pods[0]
