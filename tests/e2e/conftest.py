@@ -270,12 +270,13 @@ def cluster(tmp_path_factory, server_image, registry) -> Iterator[Cluster]:
         yield stack
 
 
-def cpu_job_template(folder: Path, **spec: object) -> Path:
+def cpu_job_template(folder: Path, memory_limit: str = "8Gi", **spec: object) -> Path:
     """The project's Job template as a CPU-only cluster takes it (this machine is the stand-in's one node): no GPU,
     requests the node can hold; `spec` items set on the Job's spec (activeDeadlineSeconds=..., backoffLimit=...)."""
     job = yaml.safe_load((REPO / "kubernetes_job_template.yaml").read_text())
     [container] = job["spec"]["template"]["spec"]["containers"]
-    container["resources"] = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
+    container["resources"] = {"requests": {"cpu": "1", "memory": "2Gi"},
+                              "limits": {"cpu": "2", "memory": memory_limit}}
     job["spec"].update(spec)
     path = folder / "job-template.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))

@@ -163,8 +163,7 @@ def test_out_of_memory_mid_training_is_retried_and_the_run_continues(base_image,
                                                                     tmp_path):
     cluster = kube[0]
     # Room for the training (its peak RSS is about 1.7 GB) and less for the stand-in's allocator to fill.
-    template = yaml_edit(cpu_job_template(tmp_path), lambda job: job["spec"]["template"]["spec"]["containers"][0]
-                         ["resources"]["limits"].update(memory="4Gi"))
+    template = cpu_job_template(tmp_path, memory_limit="4Gi")
     run_id, job, _, finished = fault_mid_training(project_copy, tmp_path, kube, "k8s-oom", 2, 1,
                                                   cluster.standin.run_out_of_memory, template=template)
     report("OOM", finished=finished)
@@ -179,9 +178,7 @@ def test_out_of_memory_mid_training_is_retried_and_the_run_continues(base_image,
 def test_out_of_memory_on_every_attempt_ends_the_run_failed(base_image, project_copy, registry, kube, tmp_path):
     """No attempt can say anything: the submitter (`mlflow run`, waiting on the Job) records FAILED."""
     cluster = kube[0]
-    template = cpu_job_template(tmp_path, backoffLimit=1)
-    tiny = yaml_edit(template, lambda job: job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-                     .update(memory="200Mi"))
+    tiny = cpu_job_template(tmp_path, memory_limit="200Mi", backoffLimit=1)
     started = time.monotonic()
     proc = submit(project_copy, tmp_path, kube, "k8s-oom-always", *PARAMS, template=tiny)
     done = finish(proc)
@@ -192,15 +189,6 @@ def test_out_of_memory_on_every_attempt_ends_the_run_failed(base_image, project_
     assert job.condition("Failed")["reason"] == "BackoffLimitExceeded"
     [run] = cluster.client().search_runs([cluster.client().get_experiment_by_name("k8s-oom-always").experiment_id])
     assert run.info.status == "FAILED"
-
-
-def yaml_edit(path: Path, change) -> Path:
-    import yaml
-
-    job = yaml.safe_load(path.read_text())
-    change(job)
-    path.write_text(yaml.safe_dump(job, sort_keys=False))
-    return path
 
 
 def test_bad_input_in_a_pod_fails_once_by_pod_failure_policy_and_the_run_says_why(base_image, project_copy, registry,
